@@ -1,0 +1,1 @@
+"""The FBNetV3IS model: architecture specs, FBNet blocks, builder, segmentor, costs, weights."""

@@ -1,0 +1,93 @@
+"""FBNet blocks as d2go builds them; child names follow its state dicts (``pw``, ``dw``, ...).
+
+The inverted residual ("IRF") uses ``dw_skip_bnrelu=True`` and ``less_se_channels=False``:
+no norm or activation after the depthwise conv, ReLU everywhere, sigmoid SE gate.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from nars.model.arch import round_channels
+
+NormFactory = Callable[[int], nn.Module]
+
+
+class ConvNormAct(nn.Sequential):
+    """conv -> optional norm (``bn``) -> optional ReLU: mobile_cv's ConvBNRelu."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int = 1,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        norm: Optional[NormFactory] = None,
+        relu: bool = True,
+    ):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=bias)
+        if norm is not None:
+            self.bn = norm(out_channels)
+        if relu:
+            self.relu = nn.ReLU(inplace=True)
+
+
+class SqueezeExcite(nn.Module):
+    """Global pool, 1x1 conv + ReLU to ``make_divisible(0.25 * C, 8)``, 1x1 conv + sigmoid gate."""
+
+    def __init__(self, channels: int, divisor: int = 8):
+        super().__init__()
+        mid = round_channels(channels * 0.25, divisor)
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.se = nn.Sequential(
+            ConvNormAct(channels, mid, bias=True),
+            nn.Conv2d(mid, channels, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.se(self.avg_pool(x))
+
+
+class InvertedResidual(nn.Module):
+    """pw expand (absent when e == 1) -> [x2 upsample] -> KxK dw -> [SE] -> pwl project (+ skip)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel: int,
+        stride: int,
+        expansion: float,
+        se: bool,
+        norm: NormFactory,
+        divisor: int = 8,
+    ):
+        super().__init__()
+        mid = round_channels(in_channels * expansion, divisor)
+        self.pw = ConvNormAct(in_channels, mid, norm=norm) if expansion != 1 else None
+        if self.pw is None:
+            mid = in_channels
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest") if stride == -2 else None
+        self.dw = ConvNormAct(mid, mid, kernel, stride=max(stride, 1), groups=mid, relu=False)
+        self.se = SqueezeExcite(mid, divisor) if se else None
+        self.pwl = ConvNormAct(mid, out_channels, norm=norm, relu=False)
+        self.use_residual = stride == 1 and in_channels == out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.pw is not None:
+            y = self.pw(y)
+        if self.upsample is not None:
+            y = self.upsample(y)
+        y = self.dw(y)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.pwl(y)
+        return x + y if self.use_residual else y

@@ -1,0 +1,38 @@
+"""The one builder: stages of block specs to modules named as d2go names them.
+
+Stage ``s`` becomes an ``nn.Sequential`` whose blocks are ``fbnetv2_{s}_{b}``, so
+state dicts line up with d2go checkpoints key for key.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from nars.model.arch import BlockSpec, Stage, blocks, round_channels
+from nars.model.blocks import ConvNormAct, InvertedResidual, NormFactory
+
+
+def build_block(spec: BlockSpec, in_channels: int, norm: NormFactory, divisor: int) -> tuple[nn.Module, int]:
+    """One single (non-repeated) block and its output channels."""
+    out = round_channels(spec.out_channels, divisor)
+    if spec.kind == "conv":
+        return ConvNormAct(in_channels, out, spec.kernel, spec.stride, bias=True, norm=norm), out
+    block = InvertedResidual(in_channels, out, spec.kernel, spec.stride, spec.expansion, spec.se, norm, divisor)
+    return block, out
+
+
+def build_stages(
+    stages: Sequence[Stage], in_channels: int, norm: NormFactory, divisor: int = 8
+) -> tuple[list[nn.Sequential], int]:
+    """Build every stage; returns the stage modules and the final channel count."""
+    modules = []
+    channels = in_channels
+    for s, stage in enumerate(blocks(stages)):
+        seq = nn.Sequential()
+        for b, spec in enumerate(stage):
+            block, channels = build_block(spec, channels, norm, divisor)
+            seq.add_module(f"fbnetv2_{s}_{b}", block)
+        modules.append(seq)
+    return modules, channels
