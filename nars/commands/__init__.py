@@ -1,0 +1,1 @@
+"""CLI sub-command groups; each module registers its parsers on ``nars``'s subparsers."""

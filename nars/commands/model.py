@@ -1,0 +1,93 @@
+"""``nars model info``: an architecture's parameters per part, MFLOPs, and a weights check."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from nars.config import load_config
+from nars.model.arch import REFERENCE_ARCHS
+from nars.model.cost import model_cost
+from nars.model.fbnetv3is import build_model
+from nars.model.weights import load_weights
+
+PARTS = {
+    "trunk": ("backbone.",),
+    "rpn": ("rpn.",),
+    "box_head": ("roi_heads.box_head.",),
+    "box_predictor": ("roi_heads.box_predictor.",),
+    "mask_head": ("roi_heads.mask_head.",),
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("model", help="inspect FBNetV3IS models").add_subparsers(dest="action", required=True)
+    info = group.add_parser("info", help="parameters per part, MFLOPs, and an optional weights check")
+    info.add_argument("arch_or_config", help=f"a reference arch ({', '.join(REFERENCE_ARCHS)}) or a config file/name")
+    info.add_argument("--num-classes", type=int, help="override MODEL.ROI_HEADS.NUM_CLASSES (default 80)")
+    info.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224))
+    info.add_argument("--weights", help="a checkpoint to try loading (path or named checkpoint)")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=run_info)
+
+
+def model_info(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: list[str] = []
+    is_arch = args.arch_or_config.lower() in (a.lower() for a in REFERENCE_ARCHS)
+    if is_arch:
+        overrides += ["MODEL.FBNET_V2.ARCH", args.arch_or_config]
+    if args.num_classes is not None:
+        overrides += ["MODEL.ROI_HEADS.NUM_CLASSES", str(args.num_classes)]
+    cfg = load_config(None if is_arch else args.arch_or_config, overrides + ["MODEL.FBNET_V2.NORM", "BN"])
+    model = build_model(cfg)
+    params = {part: 0 for part in PARTS}
+    for name, p in model.named_parameters():
+        part = next(k for k, prefixes in PARTS.items() if name.startswith(prefixes))
+        params[part] += p.numel()
+    params["total"] = sum(params.values())
+    m = cfg["MODEL"]
+    rois = m["RPN"]["POST_NMS_TOPK_TEST"]
+    cost = model_cost(
+        model.arch,
+        model.num_classes,
+        tuple(args.input_size),
+        num_anchors=model.rpn.anchor_generator.num_anchors_per_location()[0],
+        box_resolution=m["ROI_BOX_HEAD"]["POOLER_RESOLUTION"],
+        mask_resolution=m["ROI_MASK_HEAD"]["POOLER_RESOLUTION"],
+        rois=rois,
+        mask_rois=min(rois, cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
+        divisor=m["FBNET_V2"]["WIDTH_DIVISOR"],
+    )
+    info: dict[str, Any] = {
+        "arch": model.arch.name,
+        "num_classes": model.num_classes,
+        "params": params,
+        "mflops": {**{k: round(v, 3) for k, v in cost.mflops.items()}, "input_size": list(args.input_size), "rois": rois},
+    }
+    if args.weights:
+        info["weights"] = load_weights(model, args.weights, m["WEIGHTS_EMA"]).to_dict()
+    return info
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = model_info(args)
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    print(f"{info['arch']}  ({info['num_classes']} classes)")
+    print(f"{'part':<15}{'params':>12}")
+    for part, n in info["params"].items():
+        print(f"{part:<15}{n:>12,}")
+    mf = info["mflops"]
+    h, w = mf["input_size"]
+    print(f"MFLOPs at {h}x{w}: trunk {mf['trunk']:.1f}, rpn {mf['rpn']:.1f}, box head {mf['box_head_per_roi']:.2f}/RoI, "
+          f"mask head {mf['mask_head_per_roi']:.2f}/RoI, total {mf['total']:.1f} with {mf['rois']} RoIs")
+    if "weights" in info:
+        wr = info["weights"]
+        print(f"weights: {wr['loaded']} tensors loaded, {len(wr['missing'])} missing, {len(wr['unexpected'])} unexpected, "
+              f"{len(wr['mismatched'])} mismatched, {len(wr['reinitialized'])} re-initialised")
+        for kind in ("missing", "unexpected", "mismatched"):
+            for key in wr[kind][:10]:
+                print(f"  {kind}: {key}")
+    return 0

@@ -1,0 +1,129 @@
+"""Analytic cost model: learnable parameters and MFLOPs of an FBNetV3IS spec, no modules built.
+
+MFLOPs are multiply-adds of convolutions and linear layers (the FBNet convention; also
+what ``FlopCounterMode`` counts, divided by 2). Norms are counted as 2 parameters per
+channel (BN/GN affine), so the count is the architecture's size whatever NORM is used.
+Fast enough (pure integer arithmetic) to score thousands of candidates per second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+from nars.model.arch import ArchSpec, BlockSpec, Stage, blocks, round_channels
+
+
+@dataclass
+class PartCost:
+    params: int = 0
+    macs: int = 0  # multiply-adds at the part's input resolution (per RoI for RoI heads)
+
+
+@dataclass
+class ModelCost:
+    """Parameters per part as d2go splits them, and MFLOPs (multiply-adds / 1e6)."""
+
+    params: dict[str, int] = field(default_factory=dict)
+    mflops: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _out_size(size: int, kernel: int, stride: int) -> int:
+    if stride == -2:
+        return size * 2
+    pad = kernel // 2
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def block_cost(spec: BlockSpec, cin: int, h: int, w: int, divisor: int) -> tuple[PartCost, int, int, int]:
+    """Cost of one single block; returns (cost, out channels, out h, out w)."""
+    cout = round_channels(spec.out_channels, divisor)
+    k2 = spec.kernel * spec.kernel
+    if spec.kind == "conv":
+        ho, wo = _out_size(h, spec.kernel, spec.stride), _out_size(w, spec.kernel, spec.stride)
+        return PartCost(cin * cout * k2 + cout + 2 * cout, ho * wo * cout * cin * k2), cout, ho, wo
+    params = macs = 0
+    mid = cin
+    if spec.expansion != 1:
+        mid = round_channels(cin * spec.expansion, divisor)
+        params += cin * mid + 2 * mid
+        macs += h * w * cin * mid
+    if spec.stride == -2:
+        h, w = 2 * h, 2 * w
+    ho, wo = _out_size(h, spec.kernel, max(spec.stride, 1)), _out_size(w, spec.kernel, max(spec.stride, 1))
+    params += mid * k2
+    macs += ho * wo * mid * k2
+    if spec.se:
+        se_mid = round_channels(mid * 0.25, divisor)
+        params += 2 * mid * se_mid + se_mid + mid
+        macs += 2 * mid * se_mid
+    params += mid * cout + 2 * cout
+    macs += ho * wo * mid * cout
+    return PartCost(params, macs), cout, ho, wo
+
+
+def stages_cost(stages: Sequence[Stage], cin: int, h: int, w: int, divisor: int) -> tuple[PartCost, int, int, int]:
+    total = PartCost()
+    for stage in blocks(stages):
+        for spec in stage:
+            cost, cin, h, w = block_cost(spec, cin, h, w, divisor)
+            total.params += cost.params
+            total.macs += cost.macs
+    return total, cin, h, w
+
+
+def model_cost(
+    arch: ArchSpec,
+    num_classes: int = 80,
+    input_size: tuple[int, int] = (224, 224),
+    *,
+    num_anchors: int = 15,
+    box_resolution: int = 6,
+    mask_resolution: int = 14,
+    rois: int = 30,
+    mask_rois: int = 30,
+    divisor: int = 8,
+) -> ModelCost:
+    """Params per part and MFLOPs: trunk and RPN at ``input_size``; box head (with predictor)
+    over ``rois`` proposals and mask head over ``mask_rois`` detections; total is their sum."""
+    h, w = input_size
+    trunk = PartCost()
+    cin = 3
+    per_stage = []
+    for stage in arch.trunk:
+        cost, cin, h, w = stages_cost((stage,), cin, h, w, divisor)
+        per_stage.append(cost.params)
+        trunk.params += cost.params
+        trunk.macs += cost.macs
+    feat = cin
+    rpn, rc, fh, fw = stages_cost(arch.rpn, feat, h, w, divisor)
+    rpn.params += rc * num_anchors * 5 + num_anchors * 5
+    rpn.macs += fh * fw * rc * num_anchors * 5
+    box, bc, _, _ = stages_cost(arch.box_head, feat, box_resolution, box_resolution, divisor)
+    predictor_params = bc * (num_classes + 1) + (num_classes + 1) + bc * 4 * num_classes + 4 * num_classes
+    predictor_macs = bc * (num_classes + 1) + bc * 4 * num_classes
+    mask, mc, mh, mw = stages_cost(arch.mask_head, feat, mask_resolution, mask_resolution, divisor)
+    mask.params += mc * num_classes + num_classes
+    mask.macs += mh * mw * mc * num_classes
+    params = {
+        "trunk": trunk.params,
+        **{f"trunk{i}": p for i, p in enumerate(per_stage)},
+        "rpn": rpn.params,
+        "box_head": box.params,
+        "box_predictor": predictor_params,
+        "mask_head": mask.params,
+    }
+    params["total"] = trunk.params + rpn.params + box.params + predictor_params + mask.params
+    mflops = {
+        "trunk": trunk.macs / 1e6,
+        "rpn": rpn.macs / 1e6,
+        "box_head_per_roi": (box.macs + predictor_macs) / 1e6,
+        "mask_head_per_roi": mask.macs / 1e6,
+    }
+    mflops["total"] = (
+        mflops["trunk"] + mflops["rpn"] + rois * mflops["box_head_per_roi"] + mask_rois * mflops["mask_head_per_roi"]
+    )
+    return ModelCost(params=params, mflops=mflops)

@@ -1,0 +1,140 @@
+"""``MODEL.WEIGHTS``: load this project's and d2go/fvcore checkpoints into FBNetV3IS.
+
+A checkpoint is ``{"model": state_dict, "ema_state": ..., ...}`` (fvcore's layout, which
+NARS also writes) or a bare state dict. d2go names the RPN ``proposal_generator.rpn_head``
+where torchvision has ``rpn.head``; every other key already matches (see fbnetv3is.py).
+Named checkpoints (``FBNetV3a-DSMask-C4 COCO``) are files the user supplies: NARS never
+downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from nars.errors import UserError
+
+WEIGHTS_DIR_ENV = "NARS_WEIGHTS_DIR"
+DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "nars" / "weights"
+
+# name (case-insensitive) -> (architecture, file name expected in the weights folder)
+NAMED_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "fbnetv3a-dsmask-c4 coco": ("FBNetV3_A_dsmask", "mask_rcnn_fbnetv3a_dsmask_C4.pth"),
+    "fbnetv3a-c4 coco": ("FBNetV3_A", "mask_rcnn_fbnetv3a_C4.pth"),
+}
+_KEY_RENAMES = (("proposal_generator.rpn_head.", "rpn.head."), ("module.", ""))
+# Parts whose shape follows the class count; re-initialised when it differs.
+PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
+
+
+@dataclass
+class LoadReport:
+    """What a load did, as ``nars model info --weights`` prints it."""
+
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    mismatched: list[str] = field(default_factory=list)
+    reinitialized: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR))
+
+
+def resolve_weights(value: str) -> tuple[Path, str | None]:
+    """A path, or a named checkpoint; returns (file, the architecture the name implies)."""
+    named = NAMED_CHECKPOINTS.get(value.strip().lower())
+    if named is None:
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise UserError(f"MODEL.WEIGHTS: checkpoint file {path} does not exist")
+        return path, None
+    arch, filename = named
+    path = weights_dir() / filename
+    if not path.is_file():
+        raise UserError(
+            f"MODEL.WEIGHTS {value!r}: get d2go's model-zoo checkpoint of {filename.removesuffix('.pth')} "
+            f"and save it as {path} (or set {WEIGHTS_DIR_ENV} to the folder holding {filename}); NARS never downloads"
+        )
+    return path, arch
+
+
+def read_checkpoint(path: Path) -> Mapping[str, Any]:
+    """``torch.load(weights_only=True)``; anything else is refused with the file's name."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+    if not isinstance(ckpt, Mapping):
+        raise UserError(f"{path}: a checkpoint must hold a dict, got {type(ckpt).__name__}")
+    return ckpt
+
+
+def state_dict_of(ckpt: Mapping[str, Any], use_ema: bool, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model weights (the EMA copy when present and asked for), keys in NARS's names."""
+    state = ckpt.get("model", ckpt)
+    ema = ckpt.get("ema_state")
+    if use_ema and isinstance(ema, Mapping) and ema:
+        state = {**state, **ema.get("model", ema)} if isinstance(state, Mapping) else ema
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
+    if not tensors:
+        raise UserError(f"{path}: no tensors found (expected a state dict, bare or under 'model')")
+    renamed = {}
+    for key, value in tensors.items():
+        for old, new in _KEY_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+        renamed[key] = value
+    return renamed
+
+
+def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> LoadReport:
+    """Load matching keys; report the rest. A different class count re-initialises the
+    predictors (with a warning) instead of failing."""
+    own = model.state_dict()
+    report = LoadReport()
+    cls_key = "roi_heads.box_predictor.cls_score.weight"
+    other_classes = cls_key in state and cls_key in own and state[cls_key].shape != own[cls_key].shape
+    usable = {}
+    for key, value in state.items():
+        if key not in own:
+            if not key.endswith("num_batches_tracked"):  # absent from frozen BN, harmless
+                report.unexpected.append(key)
+        elif value.shape != own[key].shape:
+            if other_classes and key.startswith(PREDICTOR_PREFIXES):
+                report.reinitialized.append(key)
+            else:
+                report.mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+        else:
+            usable[key] = value
+    report.missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    model.load_state_dict(usable, strict=False)
+    report.loaded = len(usable)
+    if report.reinitialized:
+        warnings.warn(
+            f"checkpoint has {state[cls_key].shape[0] - 1} classes, the model {own[cls_key].shape[0] - 1}: "
+            "box predictor and mask logits keep their fresh initialisation",
+            stacklevel=2,
+        )
+    return report
+
+
+def load_weights(model: nn.Module, value: str, use_ema: bool = True) -> LoadReport:
+    """Resolve ``MODEL.WEIGHTS`` and load it; a named checkpoint must match the model's arch."""
+    path, arch = resolve_weights(value)
+    model_arch = getattr(getattr(model, "arch", None), "name", None)
+    if arch is not None and model_arch is not None and model_arch != arch:
+        raise UserError(f"MODEL.WEIGHTS {value!r} is for MODEL.FBNET_V2.ARCH {arch}, the config has {model_arch}")
+    return load_state(model, state_dict_of(read_checkpoint(path), use_ema, path))
