@@ -122,46 +122,52 @@ def _not_int(value: Any) -> bool:
     return isinstance(value, bool) or not isinstance(value, int)
 
 
-def parse_arch(data: Any, name: str = "inline") -> ArchSpec:
-    """Validate a dict ``{trunk, rpn, box_head, mask_head}`` of stages into an ArchSpec."""
+def parse_arch(data: Any, name: str = "inline", source: str | None = None) -> ArchSpec:
+    """Validate a dict ``{trunk, rpn, box_head, mask_head}`` of stages into an ArchSpec.
+
+    Errors start with ``source`` (default ``arch NAME``) and name the offending block.
+    """
+    where = source or f"arch {name}"
     if not isinstance(data, Mapping):
-        raise UserError(f"arch {name}: expected a mapping with keys {list(PARTS)}, got {type(data).__name__}")
-    unknown = set(data) - set(PARTS)
+        raise UserError(f"{where}: expected a mapping with keys {list(PARTS)}, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(PARTS))
+    if unknown:
+        raise UserError(f"{where}: unknown part(s) {unknown}; expected {list(PARTS)}")
     missing = [p for p in PARTS if p not in data]
-    if unknown or missing:
-        raise UserError(f"arch {name}: unknown part(s) {sorted(unknown)} / missing part(s) {missing}; expected {list(PARTS)}")
+    if missing:
+        raise UserError(f"{where}: missing part(s) {missing}; expected {list(PARTS)}")
     parts: dict[str, tuple[Stage, ...]] = {}
     for part in PARTS:
         stages = data[part]
         if not isinstance(stages, (list, tuple)) or not stages:
-            raise UserError(f"arch {name}: {part} must be a non-empty list of stages")
+            raise UserError(f"{where}: {part} must be a non-empty list of stages")
         parsed = []
         for si, stage in enumerate(stages):
             if not isinstance(stage, (list, tuple)) or not stage:
-                raise UserError(f"arch {name}: {part} stage {si} must be a non-empty list of blocks")
-            parsed.append(tuple(parse_block(b, f"arch {name}: {part} stage {si} block {bi}") for bi, b in enumerate(stage)))
+                raise UserError(f"{where}: {part} stage {si} must be a non-empty list of blocks")
+            parsed.append(tuple(parse_block(b, f"{where}: {part} stage {si} block {bi}") for bi, b in enumerate(stage)))
         parts[part] = tuple(parsed)
-    _check_layout(name, parts)
+    _check_layout(where, parts)
     return ArchSpec(name=name, **parts)
 
 
-def _check_layout(name: str, parts: Mapping[str, tuple[Stage, ...]]) -> None:
+def _check_layout(where: str, parts: Mapping[str, tuple[Stage, ...]]) -> None:
     """C4 needs a 4-stage trunk at output stride 16 and no upsampling before the mask head."""
     if len(parts["trunk"]) != TRUNK_STAGES:
-        raise UserError(f"arch {name}: trunk must have {TRUNK_STAGES} stages, got {len(parts['trunk'])}")
+        raise UserError(f"{where}: trunk must have {TRUNK_STAGES} stages, got {len(parts['trunk'])}")
     stride = 1
     for blocks in parts["trunk"]:
         for b in blocks:
             if b.stride == -2:
-                raise UserError(f"arch {name}: trunk block {b.op} uses stride -2; upsampling is only for the mask head")
+                raise UserError(f"{where}: trunk block {b.op} uses stride -2; upsampling is only for the mask head")
             stride *= b.stride
     if stride != TRUNK_OUTPUT_STRIDE:
-        raise UserError(f"arch {name}: trunk output stride is {stride}, C4 needs {TRUNK_OUTPUT_STRIDE}")
+        raise UserError(f"{where}: trunk output stride is {stride}, C4 needs {TRUNK_OUTPUT_STRIDE}")
     for part in ("rpn", "box_head"):
         if any(b.stride == -2 for stage in parts[part] for b in stage):
-            raise UserError(f"arch {name}: {part} cannot upsample (stride -2)")
+            raise UserError(f"{where}: {part} cannot upsample (stride -2)")
     if any(b.stride != 1 for stage in parts["rpn"] for b in stage):
-        raise UserError(f"arch {name}: rpn blocks must keep stride 1 (anchors live on the trunk's grid)")
+        raise UserError(f"{where}: rpn blocks must keep stride 1 (anchors live on the trunk's grid)")
 
 
 def blocks(stages: Iterable[Stage]) -> list[list[BlockSpec]]:
@@ -209,4 +215,4 @@ def resolve_arch(arch: str | Mapping[str, Any]) -> ArchSpec:
             if key.lower() == arch.lower():
                 return parse_arch(data, key)
         raise UserError(f"unknown architecture {arch!r}; known: {', '.join(REFERENCE_ARCHS)} (or give an inline spec)")
-    return parse_arch(arch, "inline")
+    return parse_arch(arch, "inline", "MODEL.FBNET_V2.ARCH")

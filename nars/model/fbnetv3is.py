@@ -198,6 +198,8 @@ class FBNetTransform(GeneralizedRCNNTransform):
         input_format: str = "BGR",
         size_divisible: int = 32,
     ):
+        if input_format.upper() not in ("RGB", "BGR"):
+            raise UserError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
         super().__init__(tuple(min_size_train), max_size_train, list(pixel_mean), list(pixel_std), size_divisible)
         self._test_sizes = ((int(min_size_test),), int(max_size_test))
         self.bgr = input_format.upper() == "BGR"

@@ -106,7 +106,7 @@ def load_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> LoadRepor
     own = model.state_dict()
     report = LoadReport()
     cls_key = "roi_heads.box_predictor.cls_score.weight"
-    other_classes = cls_key in state and cls_key in own and state[cls_key].shape != own[cls_key].shape
+    other_classes = cls_key in state and cls_key in own and state[cls_key].shape[0] != own[cls_key].shape[0]
     usable = {}
     for key, value in state.items():
         if key not in own:
