@@ -1,20 +1,19 @@
-"""FBNetV3IS configs: detectron2/d2go key names, defaults, YAML loading and validation.
+"""FBNetV3IS configs: detectron2/d2go key names and their defaults.
 
 A config is a plain nested dict. Every key a user may set exists in ``DEFAULTS``; a YAML
-file or ``KEY VALUE`` overrides are merged on top and type-checked, and an unknown key is
-an error that names the closest valid one. Values are parsed with ``yaml.safe_load`` only.
+file or ``KEY VALUE`` overrides are merged on top and validated by ``nars.schema``
+(unknown keys name the closest valid one; values are parsed with ``yaml.safe_load`` only).
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 
 from nars.errors import UserError
+from nars.schema import Schema
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -57,6 +56,8 @@ DEFAULTS: dict[str, Any] = {
         "MAX_SIZE_TEST": 320,
     },
     "TEST": {"DETECTIONS_PER_IMAGE": 100},
+    "DATASETS": {"TRAIN": {"JSON": "", "IMAGES": ""}, "TEST": {"JSON": "", "IMAGES": ""}},
+    "DATALOADER": {"NUM_WORKERS": 2},
 }
 
 # Keys whose value may take more than the default's type.
@@ -68,79 +69,17 @@ _ALTERNATIVE_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def flat_keys(tree: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted key, leaf value) pairs; dict values of keys in _ALTERNATIVE_TYPES are leaves."""
-    for key, value in tree.items():
-        full = f"{prefix}{key}"
-        if isinstance(value, dict) and full not in _ALTERNATIVE_TYPES:
-            yield from flat_keys(value, full + ".")
-        else:
-            yield full, value
-
-
-def _all_keys() -> list[str]:
-    return [k for k, _ in flat_keys(DEFAULTS)]
-
-
-def _unknown_key(key: str, source: str) -> UserError:
-    close = difflib.get_close_matches(key, _all_keys(), n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    return UserError(f"{source}: unknown config key {key}{hint}")
-
-
-def _type_name(types: Sequence[type]) -> str:
-    names = {bool: "bool", int: "int", float: "number", str: "string", list: "list", dict: "mapping"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
-    types = _ALTERNATIVE_TYPES.get(key, (type(default),))
-    for t in types:
-        if t is float and isinstance(value, int) and not isinstance(value, bool):
-            return float(value)
-        if t is int and isinstance(value, bool):
-            continue
-        if isinstance(value, t):
-            return value
-    raise UserError(f"{source}: {key} expects {_type_name(types)}, got {type(value).__name__} {value!r}")
+CONFIG_SCHEMA = Schema(DEFAULTS, _ALTERNATIVE_TYPES)
 
 
 def set_key(cfg: dict[str, Any], key: str, value: Any, source: str) -> None:
     """Set a dotted key after checking it exists in DEFAULTS and the value's type."""
-    node: Any = DEFAULTS
-    target = cfg
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node, dict) or part not in node:
-            raise _unknown_key(key, source)
-        node, target = node[part], target.setdefault(part, {})
-    leaf = parts[-1]
-    if not isinstance(node, dict) or leaf not in node:
-        raise _unknown_key(key, source)
-    target[leaf] = _check_value(key, value, node[leaf], source)
+    CONFIG_SCHEMA.set_key(cfg, key, value, source)
 
 
 def merge(cfg: dict[str, Any], updates: Mapping[str, Any], source: str) -> dict[str, Any]:
     """Merge a nested mapping of updates into cfg (validated key by key)."""
-    if not isinstance(updates, Mapping):
-        raise UserError(f"{source}: a config must be a mapping of keys, got {type(updates).__name__}")
-    for key, value in flat_keys(updates):
-        set_key(cfg, key, value, source)
-    return cfg
-
-
-def parse_overrides(pairs: Sequence[str], source: str = "command line") -> list[tuple[str, Any]]:
-    """detectron2-style ``KEY VALUE`` pairs; each value is read as YAML (safe_load)."""
-    if len(pairs) % 2:
-        raise UserError(f"{source}: overrides come in KEY VALUE pairs; {pairs[-1]!r} has no value")
-    out = []
-    for key, raw in zip(pairs[::2], pairs[1::2]):
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            value = raw
-        out.append((key, value))
-    return out
+    return CONFIG_SCHEMA.merge(cfg, updates, source)
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -155,33 +94,14 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     raise UserError(f"config {name_or_path}: no such file and no shipped config of that name (shipped: {known})")
 
 
-def read_yaml(path: Path) -> Any:
-    """safe_load a YAML file; unreadable or malformed files are user errors naming the file."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}:{where} invalid YAML ({getattr(e, 'problem', e)})") from None
-
-
 def default_config() -> dict[str, Any]:
-    return copy.deepcopy(DEFAULTS)
+    return CONFIG_SCHEMA.default()
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Defaults, then the YAML file (path or shipped name), then ``KEY VALUE`` overrides."""
-    cfg = default_config()
-    if name_or_path is not None:
-        path = resolve_config_path(name_or_path)
-        data = read_yaml(path)
-        merge(cfg, data or {}, str(path))
-    for key, value in parse_overrides(overrides):
-        set_key(cfg, key, value, "command line")
-    return cfg
+    path = None if name_or_path is None else resolve_config_path(name_or_path)
+    return CONFIG_SCHEMA.load(path, overrides)
 
 
 def get(cfg: Mapping[str, Any], key: str) -> Any:
