@@ -55,9 +55,30 @@ DEFAULTS: dict[str, Any] = {
         "MIN_SIZE_TEST": 224,
         "MAX_SIZE_TEST": 320,
     },
-    "TEST": {"DETECTIONS_PER_IMAGE": 100},
+    "TEST": {"DETECTIONS_PER_IMAGE": 100, "EVAL_PERIOD": 0},
     "DATASETS": {"TRAIN": {"JSON": "", "IMAGES": ""}, "TEST": {"JSON": "", "IMAGES": ""}},
     "DATALOADER": {"NUM_WORKERS": 2},
+    # The training recipe (nars.engine.solver); values of d2go's mask_rcnn_fbnetv3a_dsmask_C4.
+    "SOLVER": {
+        "OPTIMIZER": "sgd",
+        "BASE_LR": 0.16,
+        "MOMENTUM": 0.9,
+        "WEIGHT_DECAY": 0.0001,
+        "WEIGHT_DECAY_NORM": 0.0,
+        "IMS_PER_BATCH": 32,
+        "MAX_ITER": 540000,
+        "WARMUP_ITERS": 1000,
+        "WARMUP_FACTOR": 0.001,
+        "LR_SCHEDULER_NAME": "WarmupCosineLR",
+        "STEPS": [30000],
+        "GAMMA": 0.1,
+        "CLIP_GRADIENTS": {"ENABLED": False, "CLIP_TYPE": "value", "CLIP_VALUE": 1.0, "NORM_TYPE": 2.0},
+        "CHECKPOINT_PERIOD": 5000,
+        "MAX_TO_KEEP": 3,
+    },
+    "MODEL_EMA": {"ENABLED": True, "DECAY": 0.9998},
+    "SEED": -1,
+    "OUTPUT_DIR": "./output",
 }
 
 # Keys whose value may take more than the default's type.
