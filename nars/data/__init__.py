@@ -1,0 +1,1 @@
+"""Data for FBNetV3IS: COCO-format datasets, the synthetic shapes generator, and loaders."""
