@@ -9,11 +9,12 @@ import argparse
 import sys
 from typing import Sequence
 
+from nars.commands import data as data_commands
 from nars.commands import model as model_commands
 from nars.errors import UserError
 
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
-COMMAND_MODULES = (model_commands,)
+COMMAND_MODULES = (model_commands, data_commands)
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,0 +1,55 @@
+"""``nars data shapes``: make the synthetic dataset; ``nars data info``: check a COCO dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from nars.data.coco import CocoInstances
+from nars.data.shapes import CATEGORIES, generate_shapes
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    group = sub.add_parser("data", help="datasets: make the synthetic one, check COCO ones").add_subparsers(
+        dest="action", required=True)
+    shapes = group.add_parser("shapes", help="write the synthetic shapes dataset (COCO format) to OUT")
+    shapes.add_argument("out", metavar="OUT", help="a new or empty folder: gets train.json, train/, val.json, val/")
+    shapes.add_argument("--train", type=int, default=300, help="training images (default 300)")
+    shapes.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    shapes.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
+    shapes.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    shapes.set_defaults(run=run_shapes)
+    info = group.add_parser("info", help="load a COCO instances dataset and report what training would use")
+    info.add_argument("json_path", metavar="JSON", help="COCO instances JSON")
+    info.add_argument("images", metavar="IMAGES", help="the image folder its file_names are relative to")
+    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.set_defaults(run=run_info)
+
+
+def run_shapes(args: argparse.Namespace) -> int:
+    written = generate_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+    what = f"{args.train} train + {args.val} val images of {args.size}x{args.size}, seed {args.seed}"
+    if not written:
+        print(f"{args.out} already holds this dataset ({what}); nothing to do")
+        return 0
+    print(f"wrote {args.out}: {what}, classes {', '.join(CATEGORIES)}")
+    print(f"use: DATASETS.TRAIN.JSON {args.out}/train.json DATASETS.TRAIN.IMAGES {args.out}/train "
+          f"DATASETS.TEST.JSON {args.out}/val.json DATASETS.TEST.IMAGES {args.out}/val "
+          f"MODEL.ROI_HEADS.NUM_CLASSES {len(CATEGORIES)}")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    dataset = CocoInstances(args.json_path, args.images)
+    info = {"images": len(dataset), **dataset.stats, "classes": dataset.class_counts()}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    s = dataset.stats
+    print(f"{args.json_path}: {len(dataset)} images ({s['empty_images']} without instances), "
+          f"{s['instances']} instances of {dataset.num_classes} classes")
+    print(f"ignored {s['crowd']} crowd regions; dropped {s['degenerate_boxes']} degenerate boxes "
+          f"and {s['empty_masks']} empty masks")
+    for label, (name, count) in enumerate(info["classes"].items(), start=1):
+        print(f"  {label:>3} {name:<20}{count:>8}  (category id {dataset.label_to_category_id[label]})")
+    return 0
