@@ -1,0 +1,52 @@
+"""``nars eval CONFIG --weights CKPT [--json] [KEY VALUE ...]``: COCO AP on DATASETS.TEST."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from nars.commands.config_args import add_config_arguments, parse_late_options
+from nars.config import load_config
+from nars.engine import distributed as comm
+from nars.engine.console import setup_logging
+from nars.engine.evaluator import METRICS, Evaluation, evaluate_checkpoint
+from nars.errors import UserError
+
+
+def _options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--weights", metavar="CKPT",
+                        help="checkpoint to evaluate (required): a path or a named checkpoint; its EMA weights "
+                             "when it has them and MODEL.WEIGHTS_EMA is true")
+    parser.add_argument("--json", action="store_true", help='print one JSON object {"bbox": {...}, "segm": {...}}')
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("eval", help="COCO box and mask AP of a checkpoint on DATASETS.TEST")
+    add_config_arguments(parser, _options)
+    parser.set_defaults(run=run_eval)
+
+
+def _process(cfg: dict[str, Any], weights: str) -> Evaluation:
+    setup_logging(comm.get_rank())
+    return evaluate_checkpoint(cfg, weights)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    args = parse_late_options(args)
+    if not args.weights:
+        raise UserError("--weights CKPT is required")
+    cfg = load_config(args.config, args.overrides)
+    setup_logging()
+    result = comm.launch(_process, (cfg, args.weights), 1, comm.device_for(cfg["MODEL"]["DEVICE"]))
+    if os.environ.get("RANK", "0") != "0" or result is None:  # torchrun: the main process reports
+        return 0
+    if args.json:
+        print(json.dumps(result.metrics))
+        return 0
+    print(f"{'':<6}" + "".join(f"{name:>8}" for name in METRICS))
+    for kind, values in result.metrics.items():
+        print(f"{kind:<6}" + "".join(f"{'n/a' if values[n] is None else f'{values[n]:.4f}':>8}" for n in METRICS))
+    print(f"{result.images} images, {result.images_per_second:.1f} images/s (model time)")
+    return 0

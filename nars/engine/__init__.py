@@ -1,0 +1,1 @@
+"""Training, evaluation and inference of FBNetV3IS (``nars train``, ``nars eval``, ``nars predict``)."""

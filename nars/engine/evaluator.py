@@ -1,0 +1,210 @@
+"""COCO box and mask AP of FBNetV3IS detections, with pycocotools' COCOeval.
+
+- Detections become COCO results: boxes as ``[x, y, w, h]``, masks thresholded at 0.5 and
+  RLE-encoded, contiguous labels mapped back to the dataset's category ids.
+- Each process evaluates its shard of the images; results are gathered to the main
+  process, which runs COCOeval, and the metrics are broadcast back to every process.
+- An image seen twice (the dataset replaces an unreadable image by the next one) counts
+  once; images that were never seen are left out of the evaluation.
+- Metrics are fractions in [0, 1]: ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``APs``, ``APm``,
+  ``APl``. No detections at all give 0. A size range without ground truth in the evaluated
+  images (COCOeval's -1, e.g. ``APl`` on small images) is ``None`` (JSON null): undefined,
+  not a failure.
+- Like detectron2, the box of a mask result is not passed to the ``segm`` evaluation, so
+  the mask's own area decides its size range.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch import nn
+
+from nars.data.coco import CocoInstances, dataset_from_config
+from nars.data.loader import build_test_loader
+from nars.engine import distributed as comm
+from nars.engine.loading import load_run_weights
+from nars.errors import UserError
+from nars.model.fbnetv3is import build_model
+
+IOU_TYPES = ("bbox", "segm")
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MASK_THRESHOLD = 0.5
+
+Metrics = dict[str, dict[str, float | None]]
+
+
+def load_coco_gt(json_path: str | Path) -> COCO:
+    """The ground truth as COCOeval reads it; a missing ``area`` is the mask's (or the box's)
+    area and a missing ``iscrowd`` is 0, so hand-written files evaluate too."""
+    try:
+        data = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UserError(f"{json_path}: cannot read ({e.strerror})") from None
+    except ValueError as e:
+        raise UserError(f"{json_path}: malformed JSON ({e})") from None
+    gt = COCO()
+    gt.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    for ann in gt.dataset.get("annotations", []):
+        ann.setdefault("iscrowd", 0)
+        if "area" not in ann:
+            has_mask = bool(ann.get("segmentation")) and ann["image_id"] in gt.imgs
+            ann["area"] = float(mask_util.area(gt.annToRLE(ann))) if has_mask else float(ann["bbox"][2] * ann["bbox"][3])
+    return gt
+
+
+def instances_to_coco(output: Mapping[str, torch.Tensor], image_id: int,
+                      label_to_category_id: Mapping[int, int]) -> list[dict[str, Any]]:
+    """One image's detections (torchvision's output dict) as COCO result entries."""
+    boxes = output["boxes"].detach().cpu().double()
+    if len(boxes) == 0:
+        return []
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    scores, labels = output["scores"].detach().cpu().tolist(), output["labels"].detach().cpu().tolist()
+    rles: list[dict[str, Any] | None] = [None] * len(scores)
+    if "masks" in output:
+        binary = (output["masks"].detach()[:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
+        rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
+    results = []
+    for box, score, label, rle in zip(xywh, scores, labels, rles):
+        entry = {"image_id": int(image_id), "category_id": label_to_category_id[int(label)],
+                 "bbox": [round(v, 2) for v in box], "score": round(float(score), 5)}
+        if rle is not None:
+            entry["segmentation"] = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+        results.append(entry)
+    return results
+
+
+def _results_for(gt: COCO, results: list[dict[str, Any]], iou_type: str) -> COCO:
+    """COCO's ``loadRes``, which cannot take an empty list; the box stays out of ``segm``."""
+    if not results:
+        empty = COCO()
+        empty.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"], "annotations": []}
+        with contextlib.redirect_stdout(io.StringIO()):
+            empty.createIndex()
+        return empty
+    key = "segmentation" if iou_type == "segm" else "bbox"
+    drop = "bbox" if iou_type == "segm" else "segmentation"
+    if any(key not in r for r in results):
+        raise ValueError(f"{iou_type} evaluation needs '{key}' in every result")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes([{k: v for k, v in r.items() if k != drop} for r in results])
+
+
+def coco_metrics(gt: COCO, results: list[dict[str, Any]], iou_type: str,
+                 image_ids: Iterable[int] | None = None) -> dict[str, float | None]:
+    """COCOeval's six AP numbers for ``iou_type`` over ``image_ids`` (all images by default)."""
+    evaluator = COCOeval(gt, _results_for(gt, results, iou_type), iou_type)
+    if image_ids is not None:
+        evaluator.params.imgIds = sorted(set(image_ids))
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return {name: (None if value < 0 else float(value)) for name, value in zip(METRICS, evaluator.stats[:6])}
+
+
+class CocoEvaluator:
+    """Collects a dataset's detections (``process``), then scores them (``evaluate``)."""
+
+    def __init__(self, json_path: str | Path, label_to_category_id: Mapping[int, int]):
+        self.gt = load_coco_gt(json_path)
+        self.label_to_category_id = dict(label_to_category_id)
+        self.reset()
+
+    def reset(self) -> None:
+        self._results: dict[int, list[dict[str, Any]]] = {}
+
+    def process(self, targets: list[Mapping[str, Any]], outputs: list[Mapping[str, torch.Tensor]]) -> None:
+        for target, output in zip(targets, outputs):
+            image_id = int(target["image_id"])
+            if image_id not in self._results:
+                self._results[image_id] = instances_to_coco(output, image_id, self.label_to_category_id)
+
+    def evaluate(self) -> Metrics:
+        """Metrics per IoU type, the same on every process."""
+        metrics = None
+        gathered = comm.all_gather_object(self._results)
+        if comm.is_main_process():
+            merged: dict[int, list[dict[str, Any]]] = {}
+            for part in gathered:
+                for image_id, results in part.items():
+                    merged.setdefault(image_id, results)
+            flat = [r for results in merged.values() for r in results]
+            metrics = {t: coco_metrics(self.gt, flat, t, merged) for t in IOU_TYPES}
+        return comm.broadcast_object(metrics)
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """This process's COCO results, in image order."""
+        return [r for image_id in sorted(self._results) for r in self._results[image_id]]
+
+
+@dataclass
+class Evaluation:
+    metrics: Metrics
+    images: int  # over all processes
+    seconds: float  # model time, the slowest process
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@torch.no_grad()
+def inference_on_dataset(model: nn.Module, loader: Iterable[Any], evaluator: CocoEvaluator,
+                         device: torch.device) -> Evaluation:
+    """Run ``model`` (eval mode) over ``loader`` and score it; the model's mode is restored.
+    Randomness is forked, so evaluating never changes a training run's RNG stream."""
+    was_training = model.training
+    model.eval()
+    evaluator.reset()
+    images, seconds = 0, 0.0
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for batch, targets in loader:
+                start = time.perf_counter()
+                outputs = model([image.to(device) for image in batch])
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                seconds += time.perf_counter() - start
+                images += len(batch)
+                evaluator.process(targets, outputs)
+    finally:
+        model.train(was_training)
+    metrics = evaluator.evaluate()
+    counts = comm.all_gather_object((images, seconds))
+    return Evaluation(metrics, sum(c[0] for c in counts), max(c[1] for c in counts))
+
+
+def check_classes(cfg: Mapping[str, Any], dataset: CocoInstances) -> None:
+    """The config's class count must be the dataset's."""
+    classes = cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"]
+    if dataset.num_classes != classes:
+        raise UserError(f"MODEL.ROI_HEADS.NUM_CLASSES is {classes} but {dataset.json_path} has {dataset.num_classes} "
+                        f"categories; set MODEL.ROI_HEADS.NUM_CLASSES {dataset.num_classes}")
+
+
+def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
+    """COCO AP of ``weights`` (its EMA copy when ``MODEL.WEIGHTS_EMA``) on ``DATASETS.TEST``;
+    each process of a distributed launch takes its shard."""
+    device = comm.device_for(cfg["MODEL"]["DEVICE"])
+    model = build_model(cfg)
+    load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
+    dataset = dataset_from_config(cfg, "TEST", train=False)
+    check_classes(cfg, dataset)
+    loader = build_test_loader(dataset, 1, cfg["DATALOADER"]["NUM_WORKERS"], distributed=comm.get_world_size() > 1)
+    evaluator = CocoEvaluator(dataset.json_path, dataset.label_to_category_id)
+    return inference_on_dataset(model.to(device), loader, evaluator, device)

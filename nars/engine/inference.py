@@ -1,0 +1,184 @@
+"""``nars predict``: run a trained FBNetV3IS on image files; overlays and COCO results.
+
+For each input image ``OUT/<name>.png`` shows the detections above the score threshold
+(translucent masks, boxes, class names and scores), and ``OUT/predictions.json`` lists them
+in COCO results format (``image_id`` is the image's 1-based position among the inputs, and
+``file_name`` says which file it is). Class names and category ids come from the
+checkpoint (NARS stores its training set's categories there), else from the config's
+dataset JSON when that file exists, else they are ``class 1..C`` with ids 1..C.
+
+Inputs are files, or folders whose image files (by suffix, not recursive) are taken in
+name order. A missing input is an error before anything is written; an image that cannot
+be decoded is skipped with a warning and counted.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import copy
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from nars.engine.distributed import device_for
+from nars.engine.evaluator import instances_to_coco
+from nars.engine.loading import checkpoint_categories, load_run_weights
+from nars.errors import UserError
+from nars.fileio import atomic_write_bytes, atomic_write_text
+from nars.model.fbnetv3is import build_model
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+PREDICTIONS_FILE = "predictions.json"
+MASK_ALPHA = 0.45
+
+
+def find_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """The image files named by ``inputs`` (files, or folders of images)."""
+    images: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise UserError(f"{item}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            images += found
+        elif item.is_file():
+            images.append(item)
+        else:
+            raise UserError(f"{item}: no such image file or folder")
+    return images
+
+
+def read_categories(cfg: Mapping[str, Any], weights: str) -> list[dict[str, Any]]:
+    """``[{"id", "name"}]`` in label order (see the module docstring for where they come from)."""
+    classes = cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"]
+    categories = checkpoint_categories(weights)
+    for split in ("TEST", "TRAIN"):
+        json_path = cfg["DATASETS"][split]["JSON"]
+        if categories is None and json_path and Path(json_path).is_file():
+            try:
+                categories = sorted(json.loads(Path(json_path).read_text(encoding="utf-8"))["categories"],
+                                    key=lambda c: c["id"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UserError(f"{json_path}: cannot read its categories ({e})") from None
+    if categories is None:
+        categories = [{"id": label, "name": f"class {label}"} for label in range(1, classes + 1)]
+    if len(categories) != classes:
+        raise UserError(f"MODEL.ROI_HEADS.NUM_CLASSES is {classes} but the categories found name {len(categories)}")
+    return [{"id": int(c["id"]), "name": str(c["name"])} for c in categories]
+
+
+def _colour(label: int) -> tuple[int, int, int]:
+    """A distinct, bright colour per class (golden-ratio hues)."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.75, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_overlay(image: Image.Image, output: Mapping[str, torch.Tensor], names: Sequence[str]) -> Image.Image:
+    """``image`` with each detection's mask, box, class name and score (best drawn last)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    order = output["scores"].argsort().tolist()
+    labels = output["labels"].tolist()
+    if "masks" in output:
+        masks = (output["masks"][:, 0] > 0.5).cpu().numpy()
+        for i in order:
+            pixels[masks[i]] = (1 - MASK_ALPHA) * pixels[masks[i]] + MASK_ALPHA * np.array(_colour(labels[i]))
+    canvas = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
+    for i in order:
+        x0, y0, x1, y1 = output["boxes"][i].tolist()
+        colour = _colour(labels[i])
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=2)
+        text = f"{names[labels[i] - 1]} {output['scores'][i].item():.2f}"
+        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
+        top_y = max(0.0, y0 - (bottom - top) - 2)
+        draw.rectangle((x0, top_y, x0 + right - left + 2, top_y + bottom - top + 2), fill=colour)
+        draw.text((x0 + 1, top_y + 1 - (top - y0)), text, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _read_rgb(path: Path) -> Image.Image | None:
+    try:
+        with Image.open(path) as im:
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as e:
+        logger.warning("%s: unreadable image (%s); skipped", path, e)
+        return None
+
+
+def _overlay_name(path: Path, used: set[str]) -> str:
+    name, n = f"{path.stem}.png", 1
+    while name in used:
+        name, n = f"{path.stem}_{n}.png", n + 1
+    used.add(name)
+    return name
+
+
+@dataclass
+class PredictionSummary:
+    images: int
+    skipped: int
+    detections: int
+    seconds: float  # model time
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+@torch.no_grad()
+def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], out_dir: str | Path,
+            score_threshold: float = 0.5) -> PredictionSummary:
+    """Overlays and ``predictions.json`` for ``inputs`` in ``out_dir``; everything is checked
+    before the first file is written."""
+    if not 0.0 <= score_threshold <= 1.0:
+        raise UserError(f"--score-threshold must be in [0, 1], got {score_threshold}")
+    paths = find_images(inputs)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    cfg = copy.deepcopy(dict(cfg))
+    cfg["MODEL"]["ROI_HEADS"]["SCORE_THRESH_TEST"] = score_threshold  # the model drops lower scores itself
+    device = device_for(cfg["MODEL"]["DEVICE"])
+    model = build_model(cfg)
+    load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
+    model.to(device).eval()
+    categories = read_categories(cfg, weights)
+    label_to_id = {label: c["id"] for label, c in enumerate(categories, start=1)}
+    names = [c["name"] for c in categories]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[dict[str, Any]] = []
+    used: set[str] = set()
+    summary = PredictionSummary(0, 0, 0, 0.0)
+    for image_id, path in enumerate(paths, start=1):
+        image = _read_rgb(path)
+        if image is None:
+            summary.skipped += 1
+            continue
+        tensor = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()).float().div_(255).to(device)
+        start = time.perf_counter()
+        output = {k: v.cpu() for k, v in model([tensor])[0].items()}
+        summary.seconds += time.perf_counter() - start
+        summary.images += 1
+        summary.detections += len(output["scores"])
+        for entry in instances_to_coco(output, image_id, label_to_id):
+            results.append({**entry, "file_name": str(path)})
+        overlay = draw_overlay(image, output, names)
+        atomic_write_bytes(out_dir / _overlay_name(path, used), _png_bytes(overlay))
+    atomic_write_text(out_dir / PREDICTIONS_FILE, json.dumps(results) + "\n")
+    return summary
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
