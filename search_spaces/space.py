@@ -7,7 +7,8 @@ A space file has four parts (``search_spaces/fbnetv3is.yaml`` is the worked exam
 - ``arch``: the template of ``MODEL.FBNET_V2.ARCH``: parts, stages, and blocks written as
   ``{op: ir|conv, k, se, c, s, n, e}`` where a field is a literal or ``$parameter``;
 - ``config``: dotted config keys (detectron2 names) -> literal or template with ``$parameter``;
-- ``references``: named configs that must be members (checked on load).
+- ``references``: named members, each a nars config (shipped name or path) or an inline
+  mapping of dotted keys; checked on load.
 
 ``extends: NAME_OR_PATH`` starts from another space: its parameters and config keys are
 updated by name, ``arch`` and ``references`` replaced when given.
@@ -30,7 +31,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from nars.config import DEFAULTS, default_config, get, set_key
+from nars.config import DEFAULTS, default_config, get, load_config, set_key
 from nars.errors import UserError
 from nars.model.arch import PARTS, ArchSpec, BlockSpec, parse_arch, resolve_arch
 from nars.model.cost import model_cost
@@ -194,13 +195,21 @@ class SearchSpace:
         self._cost_templates = {k: self.config_template.get(k, get(DEFAULTS, k)) for k in COST_KEYS}
         self._check_arch()
         self._check_config_keys()
-        literals = {k: t for k, t in self.config_template.items() if next(_refs(t), None) is None}
-        self.references = {  # named configs over the space's literal keys
-            str(n): self.from_config({**literals, **cfg}, f"{path}: reference {n}")
-            for n, cfg in (data.get("references") or {}).items()
-        }
+        self.references = {str(n): self._reference(str(n), r) for n, r in (data.get("references") or {}).items()}
 
     # ----- loading checks -----
+
+    def _reference(self, name: str, ref: Any) -> dict[str, Any]:
+        """A member named by a config (shipped name or path), or given inline as dotted keys
+        over the space's literal ones."""
+        source = f"{self.path}: reference {name}"
+        if isinstance(ref, str):
+            try:
+                return self.from_config(load_config(ref), f"{source} ({ref})")
+            except UserError as e:
+                raise UserError(f"{source}: {e}") from None
+        literals = {k: t for k, t in self.config_template.items() if next(_refs(t), None) is None}
+        return self.from_config({**literals, **ref}, source)
 
     def _param(self, name: str, data: Any) -> Param:
         try:

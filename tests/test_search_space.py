@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from nars.cli import main
-from nars.config import set_key
+from nars.config import load_config, set_key
 from nars.errors import UserError
 from nars.model.arch import REFERENCE_ARCHS, parse_arch
 from search_spaces import load_space, sample
@@ -103,9 +103,10 @@ def test_complete_config_round_trip(quick):
         cfg = quick.to_config(s.candidate)
         assert cfg["SOLVER"]["BASE_LR"] == s.candidate["lr"] and cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 4
         assert quick.from_config(cfg) == s.candidate
-    base = quick.to_config(quick.references["FBNetV3_A_dsmask"])
-    base["DATASETS"]["TRAIN"]["JSON"] = "train.json"
-    assert quick.to_config(s.candidate, base)["DATASETS"]["TRAIN"]["JSON"] == "train.json"
+    base = load_config("quick_shapes")  # the shipped shapes config is the quick space's reference
+    assert quick.from_config(base) == quick.references["FBNetV3_A_dsmask"]
+    cfg = quick.to_config(s.candidate, base)
+    assert cfg["DATASETS"] == base["DATASETS"] and quick.from_config(cfg) == s.candidate
 
 
 def test_vector_round_trip_and_separable_parts(coco):
@@ -238,6 +239,7 @@ def test_bad_arch_template_and_references(tmp_path, capsys):
         (MINI.replace("- [{k: 3, c: 64, s: 2}]\n  rpn", "- [{k: 3, c: 64, s: 1}]\n  rpn"), "trunk output stride is 8"),
         (MINI + "references:\n  big: {MODEL.FBNET_V2.ARCH: FBNetV3_A}", "reference big: arch trunk has"),
         ("extends: cycle.yaml\n", "makes a cycle"),
+        (MINI + "references:\n  r: no_such_config", "reference r: config no_such_config: no such file"),
     ]
     for text, message in cases:
         path = _write(tmp_path, text, "cycle.yaml")
