@@ -13,12 +13,15 @@ from nars.commands import data as data_commands
 from nars.commands import eval as eval_commands
 from nars.commands import model as model_commands
 from nars.commands import predict as predict_commands
+from nars.commands import predictor as predictor_commands
 from nars.commands import space as space_commands
 from nars.commands import train as train_commands
 from nars.errors import UserError
 
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
-COMMAND_MODULES = (model_commands, data_commands, train_commands, eval_commands, predict_commands, space_commands)
+COMMAND_MODULES = (
+    model_commands, data_commands, train_commands, eval_commands, predict_commands, space_commands, predictor_commands,
+)
 
 
 class Parser(argparse.ArgumentParser):
