@@ -1,0 +1,113 @@
+"""``nars search``, ``nars pareto`` and ``nars export``: run a search, read it, take its best."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+from nars.commands.config_args import parse_late_options
+from nars.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    search = sub.add_parser("search", help="run (or resume) a NARS architecture + recipe search")
+    _search_options(search)
+    search.add_argument("overrides", nargs=argparse.REMAINDER, metavar="[EXPERIMENT] [KEY VALUE ...]",
+                        help="an experiment file or shipped name (default: quickstart), then overrides such as "
+                             "stage1.rounds 2")
+    search.set_defaults(run=run_search, add_options=_search_options,
+                        late_parser=lambda: type(search)(prog=search.prog, add_help=False))
+
+    pareto = sub.add_parser("pareto", help="a run's measured and predicted Pareto fronts")
+    pareto.add_argument("run_dir", metavar="RUN")
+    pareto.add_argument("--json", action="store_true", help="print the measured front as JSON")
+    pareto.add_argument("--plot", metavar="FILE", help="write a PNG: all trials, the front, the reference")
+    pareto.set_defaults(run=run_pareto)
+
+    export = sub.add_parser("export", help="a verified trial as config.yaml + model_final.pth + summary.json")
+    export.add_argument("run_dir", metavar="RUN")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--id", help="a candidate or trial id (see nars pareto)")
+    which.add_argument("--best", action="store_true", help="the best verified segm AP (the default)")
+    which.add_argument("--max-mflops", type=float, metavar="X", help="the best verified segm AP within X MFLOPs")
+    export.add_argument("--out", required=True, metavar="DIR")
+    export.set_defaults(run=run_export)
+
+
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", metavar="RUN", help="a new run folder (default: runs/NAME-N)")
+    parser.add_argument("--resume", metavar="RUN", help="complete an interrupted run")
+    parser.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a local one)")
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from nars.engine.console import setup_logging
+    from nars.search.driver import search
+
+    args = parse_late_options(args)  # options may also come among the overrides
+    positional = list(args.overrides)
+    experiment = positional.pop(0) if len(positional) % 2 else None
+    if args.resume and (experiment or positional):
+        raise UserError("--resume RUN continues that run's own experiment; give no EXPERIMENT or overrides with it")
+    if args.resume and args.out:
+        raise UserError("give either --out (a new run) or --resume (an existing one), not both")
+    setup_logging()
+    logging.getLogger("nars").setLevel(logging.INFO)
+    run_dir = search(experiment, positional, out=args.out, resume=args.resume, ray_address=args.ray_address)
+    print(f"search finished: {run_dir}")
+    _print_front(run_dir)
+    print(f"next: nars pareto {run_dir} --plot front.png; nars export {run_dir} --best --out exported")
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _print_front(run_dir: Path) -> None:
+    from nars.search.report import fronts
+
+    f = fronts(run_dir)
+    print(f"{'id':<14}{'segm AP':>9}{'bbox AP':>9}{'MFLOPs':>10}{'params':>11}{'iters':>7}  choices")
+    rows = [("measured", r) for r in f["measured"]] + ([("reference", f["reference"])] if f["reference"] else [])
+    for kind, r in rows:
+        choices = " ".join(f"{k}={v}" for k, v in r["choices"].items())
+        tag = " (FBNetV3_A_dsmask reference)" if kind == "reference" else ""
+        print(f"{r['id']:<14}{_fmt(r['segm_AP']):>9}{_fmt(r['bbox_AP']):>9}{r['mflops']:>10.1f}{r['params']:>11,}"
+              f"{r['iterations']:>7}  {choices}{tag}")
+    if f["predicted"]:
+        print(f"predicted front (stage 2): {len(f['predicted'])} candidates, predicted segm AP "
+              f"{min(p['pred_segm_AP'] for p in f['predicted']):.3f}-{max(p['pred_segm_AP'] for p in f['predicted']):.3f}")
+
+
+def run_pareto(args: argparse.Namespace) -> int:
+    from nars.search.report import fronts, plot
+
+    run_dir = Path(args.run_dir)
+    if args.json:
+        f = fronts(run_dir)
+        rows = [{k: r[k] for k in ("id", "segm_AP", "bbox_AP", "mflops", "params", "iterations", "choices")}
+                for r in f["measured"]]
+        print(json.dumps(rows))
+    else:
+        _print_front(run_dir)
+    if args.plot:
+        plot(run_dir, Path(args.plot))
+        if not args.json:
+            print(f"plot: {args.plot}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from nars.search.export import export
+
+    out = Path(args.out)
+    summary = export(Path(args.run_dir), out, args.id, args.max_mflops)
+    m = summary["metrics"]
+    print(f"exported {summary['id']} (segm AP {_fmt(m.get('segm_AP'))}, bbox AP {_fmt(m.get('bbox_AP'))}, "
+          f"{summary['mflops']:.1f} MFLOPs, {summary['params']:,} params) to {out}")
+    print(f"retrain: nars train {out / 'config.yaml'} --out {out / 'retrain'}; "
+          f"evaluate: nars eval {out / 'config.yaml'} --weights {out / 'model_final.pth'}")
+    return 0

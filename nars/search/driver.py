@@ -1,0 +1,280 @@
+"""``nars search``: the two-stage NARS search, resumable at any point.
+
+Every decision is written to the run store before it is acted on: a round's candidates are
+stored (pending) before they train, stage 2's predicted front before verification starts.
+Resuming after a kill therefore re-runs only the trials that had not finished; every
+finished trial stays as it was. Proposals are deterministic per seed and results, so a
+resumed run makes the same choices the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from nars.config import load_config, set_key
+from nars.data.shapes import generate_shapes
+from nars.errors import UserError
+from nars.fileio import atomic_write_text
+from nars.search.evolution import evolve
+from nars.search.experiment import load_experiment
+from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
+from nars.search.store import STORE_FILE, RunStore
+from nars.search.trials import TrialSpec, run_trials
+from search_spaces import SearchSpace, load_space
+
+logger = logging.getLogger(__name__)
+EXPERIMENT_FILE = "experiment.json"
+
+
+def _dataset_keys(exp: Mapping[str, Any], root: Path) -> dict[str, str]:
+    """DATASETS.* for the experiment; generates the shapes data when absent."""
+    data = exp["dataset"]
+    if data["shapes"]["out"]:
+        s = data["shapes"]
+        out = (root / s["out"]).resolve() if not Path(s["out"]).is_absolute() else Path(s["out"])
+        generate_shapes(out, train=s["train"], val=s["val"], size=s["size"], seed=s["seed"])
+        files = {"train": (out / "train.json", out / "train"), "val": (out / "val.json", out / "val")}
+    else:
+        files = {k: (Path(data[k]["json"]).resolve(), Path(data[k]["images"]).resolve()) for k in ("train", "val")}
+        for split, (js, images) in files.items():
+            if not js.is_file():
+                raise UserError(f"dataset.{split}.json: {js} does not exist")
+            if not images.is_dir():
+                raise UserError(f"dataset.{split}.images: {images} is not a folder")
+    return {
+        "DATASETS.TRAIN.JSON": str(files["train"][0]), "DATASETS.TRAIN.IMAGES": str(files["train"][1]),
+        "DATASETS.TEST.JSON": str(files["val"][0]), "DATASETS.TEST.IMAGES": str(files["val"][1]),
+    }
+
+
+class Search:
+    """One run folder: its experiment, store, space and base config."""
+
+    def __init__(self, exp: dict[str, Any], run_dir: Path, store: RunStore, progress: bool = True):
+        self.exp, self.run_dir, self.store, self.progress = exp, run_dir, store, progress
+        self.space: SearchSpace = load_space(exp["space"])
+        self.base = load_config(exp["base_config"])
+        for key, value in exp["config"].items():
+            set_key(self.base, key, value, f"{exp['source']}: config")
+        for key, value in _dataset_keys(exp, Path(exp.get("workdir", "."))).items():
+            set_key(self.base, key, value, "experiment dataset")
+        ray = exp["ray"]
+        self.base["MODEL"]["DEVICE"] = "cuda" if ray["gpus_per_trial"] > 0 else "cpu"
+        self.base["DATALOADER"]["NUM_WORKERS"] = 0  # a trial is one process on its own CPU share
+        self.base["SEED"] = exp["seed"]
+        self._encoder = None
+
+    # -- helpers ------------------------------------------------------------------------
+    @property
+    def encoder(self):
+        if self._encoder is None:
+            logger.info("pretraining the predictor's encoder on proxies (MFLOPs, params)")
+            self._encoder = pretrained_encoder(self.space, self.exp["stage1"]["pretrain_samples"], self.exp["seed"])
+        return self._encoder
+
+    def trial_config(self, candidate: Mapping[str, Any], stage: str) -> dict[str, Any]:
+        """The candidate's complete config at the stage's budget.
+
+        A candidate's SOLVER.MAX_ITER (its recipe's budget) is capped at verify.max_iter;
+        verification trains it in full, stage 1 a compressed copy of the same schedule
+        (stage1.max_iter / verify.max_iter of it), and the reference gets verify.max_iter.
+        """
+        v, s1 = self.exp["verify"], self.exp["stage1"]
+        cfg = self.space.to_config(candidate, base=self.base)
+        full = min(cfg["SOLVER"]["MAX_ITER"], v["max_iter"])
+        iters = {"stage1": max(1, round(full * s1["max_iter"] / v["max_iter"])), "reference": v["max_iter"]}.get(stage, full)
+        _scale_schedule(cfg, iters)
+        cfg["TEST"]["EVAL_PERIOD"] = s1["eval_period"] if stage == "stage1" else 0
+        cfg["SOLVER"]["CHECKPOINT_PERIOD"] = iters + 1  # trials keep only model_final.pth
+        return cfg
+
+    def _specs(self, trials: list[dict[str, Any]]) -> list[TrialSpec]:
+        return [TrialSpec(t["id"], self.trial_config(t["candidate"], t["stage"]), str(self.run_dir / "trials" / t["id"]))
+                for t in trials]
+
+    def _run(self, trials: list[dict[str, Any]], label: str, asha: bool) -> None:
+        ray = self.exp["ray"]
+        storage = ray["storage_path"] or str(self.run_dir / "ray")
+        best = max([t["metrics"].get(METRIC, 0.0) for t in measured(self.store.trials())] + [0.0])
+        run_trials(self.store, self._specs(trials), label=label, storage_path=os.path.abspath(storage),
+                   cpus_per_trial=ray["cpus_per_trial"], gpus_per_trial=ray["gpus_per_trial"],
+                   max_concurrent=ray["max_concurrent"], asha=self.exp["stage1"]["asha"] if asha else None, best=best)
+
+    def _add(self, samples: list[Any], stage: str, round_index: int) -> None:
+        self.store.add_trials(
+            {"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
+             "candidate": s.candidate, "mflops": s.mflops, "params": s.params,
+             "max_iter": self.trial_config(s.candidate, stage)["SOLVER"]["MAX_ITER"]}
+            for s in samples
+        )
+
+    # -- stages -------------------------------------------------------------------------
+    def stage1(self) -> None:
+        s1 = self.exp["stage1"]
+        for r in range(s1["rounds"]):
+            if not self.store.trials(stage="stage1", round=r):
+                history = self.store.trials(stage="stage1")
+                samples = propose(
+                    self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],
+                    encoder=self.encoder, results=measured(history), tried={t["candidate_id"] for t in history},
+                    pool_size=s1["pool_size"], explore=s1["explore"],
+                )
+                self._add(samples, "stage1", r)
+            pending = self.store.trials(stage="stage1", round=r, status="pending")
+            self._run(pending, f"stage 1 round {r + 1}/{s1['rounds']}", asha=True)
+            round_trials = self.store.trials(stage="stage1", round=r)
+            if all(t["status"] == "failed" for t in round_trials):
+                raise UserError(f"every trial of stage 1 round {r + 1} failed; the first error: {round_trials[0]['error']}")
+
+    def stage2(self) -> list[dict[str, Any]]:
+        front = self.store.get_meta("stage2_front")
+        if front is None:
+            results = measured(self.store.trials(stage="stage1"))
+            model = fit_predictor(self.space, self.encoder, results, self.exp["seed"])
+            model.save(self.run_dir / "predictor.pt")
+            s2 = self.exp["stage2"]
+            front = evolve(self.space, model, optimizer=s2["optimizer"], budget=s2["budget"],
+                           batch_size=s2["batch_size"], constraints=self.exp["constraints"],
+                           use_params=s2["use_params"], seed=self.exp["seed"], progress=self.progress)
+            self.store.set_meta("stage2_front", front)
+        return front
+
+    def verify(self, front: list[dict[str, Any]]) -> None:
+        v = self.exp["verify"]
+        if not self.store.trials(stage="verify"):
+            picks = _spread(front, v["top_k"])
+            self._add([_Pick(p) for p in picks], "verify", 0)
+            ref = self.space.references.get(v["reference"])
+            if ref is not None:
+                cid = self.space.candidate_id(ref)
+                mflops, params = self.space.cost(ref)
+                self._add([_Pick({"id": cid, "candidate": ref, "mflops": mflops, "params": params})],
+                          "reference", 0)
+        pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
+        self._run(pending, "verification", asha=False)
+
+    def run(self) -> None:
+        self.store.set_meta("state", "stage1")
+        self.stage1()
+        self.store.set_meta("state", "stage2")
+        front = self.stage2()
+        self.store.set_meta("state", "verify")
+        self.verify(front)
+        self.store.set_meta("state", "finished")
+
+
+class _Pick:
+    """A front entry shaped like a sample (id, candidate, mflops, params)."""
+
+    def __init__(self, entry: Mapping[str, Any]):
+        self.id, self.candidate, self.mflops, self.params = entry["id"], entry["candidate"], entry["mflops"], entry["params"]
+
+
+def _spread(front: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
+    """The best predicted AP, then the rest spread evenly along the front's MFLOPs."""
+    if len(front) <= k:
+        return front
+    rest = sorted(front[1:], key=lambda s: s["mflops"])
+    step = len(rest) / (k - 1) if k > 1 else 0
+    return [front[0]] + [rest[int(i * step)] for i in range(k - 1)]
+
+
+def _scale_schedule(cfg: dict[str, Any], max_iter: int) -> None:
+    """Train ``max_iter`` iterations with the recipe's schedule stretched to fit."""
+    solver = cfg["SOLVER"]
+    ratio = max_iter / solver["MAX_ITER"]
+    solver["WARMUP_ITERS"] = int(round(solver["WARMUP_ITERS"] * ratio))
+    solver["STEPS"] = [int(round(s * ratio)) for s in solver["STEPS"]]
+    solver["MAX_ITER"] = max_iter
+
+
+def prepare_run(out: Path | None, resume: Path | None, exp: dict[str, Any] | None) -> tuple[dict[str, Any], Path]:
+    """A new run folder (refused when non-empty) or an existing one to resume."""
+    if resume is not None:
+        store_path = resume / STORE_FILE
+        if not store_path.is_file():
+            raise UserError(f"--resume {resume}: no {STORE_FILE} there, not a NARS run folder")
+        return json.loads((resume / EXPERIMENT_FILE).read_text()), resume
+    assert exp is not None and out is not None
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty; pick a new folder or resume it with --resume {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")
+    return exp, out
+
+
+def default_run_dir(exp: Mapping[str, Any]) -> Path:
+    base = Path("runs") / exp["name"]
+    n = 0
+    while (base.parent / f"{base.name}-{n}").exists():
+        n += 1
+    return base.parent / f"{base.name}-{n}"
+
+
+def search(
+    experiment: str | None,
+    overrides: list[str],
+    *,
+    out: str | None = None,
+    resume: str | None = None,
+    ray_address: str | None = None,
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) a search; returns the run folder."""
+    exp = None if resume else load_experiment(experiment, overrides)
+    if exp is not None:
+        exp["workdir"] = os.getcwd()
+        if ray_address:
+            exp["ray"]["address"] = ray_address
+    run_dir = Path(resume or out or default_run_dir(exp)).resolve()
+    exp, run_dir = prepare_run(None if resume else run_dir, run_dir if resume else None, exp)
+    store = RunStore(run_dir / STORE_FILE)
+    try:
+        if resume:
+            requeued = store.requeue_interrupted()
+            logger.info("resuming %s: %d interrupted trial(s) will run again", run_dir, requeued)
+        else:
+            store.set_meta("experiment", exp)
+            store.set_meta("seed", exp["seed"])
+        search_obj = Search(copy.deepcopy(exp), run_dir, store, progress)
+        with ray_session(exp["ray"], run_dir):
+            search_obj.run()
+    finally:
+        store.close()
+    return run_dir
+
+
+class ray_session:
+    """``ray.init`` for the search (local by default, or an existing cluster), shut down after."""
+
+    def __init__(self, ray_cfg: Mapping[str, Any], run_dir: Path):
+        self.cfg, self.run_dir = ray_cfg, run_dir
+
+    def __enter__(self) -> "ray_session":
+        import ray
+
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        address = self.cfg["address"] or None
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+        if address is None:
+            temp = Path(tempfile.gettempdir()) / f"nars-ray-{os.getpid()}"  # unix socket paths must stay short
+            kwargs.update(num_cpus=self.cfg["num_cpus"], _temp_dir=str(temp))
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"ray.address {address or 'local'}: cannot connect ({first})") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import ray
+
+        ray.shutdown()

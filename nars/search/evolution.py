@@ -1,0 +1,75 @@
+"""Stage 2, predictor-based evolutionary search (nevergrad) over the whole space.
+
+The genome is a point of the space's unit cube (one coordinate per free parameter), so
+every point decodes to a valid candidate. Objectives, minimised: -predicted segm AP and
+MFLOPs (and params with ``use_params``); the MFLOPs / params limits are constraint
+violations. Candidates are asked and scored in batches: one predictor call per batch.
+The front is taken over everything evaluated (nevergrad's own ``pareto_front`` is not
+used: it fails on subsets, see the reference notes).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import nevergrad as ng
+import numpy as np
+from tqdm import tqdm
+
+from nars.errors import UserError
+from nars.search.pareto import pareto_mask
+from predictor import MLPPredictor
+from search_spaces import SearchSpace
+
+
+def evolve(
+    space: SearchSpace,
+    model: MLPPredictor,
+    *,
+    optimizer: str,
+    budget: int,
+    batch_size: int,
+    constraints: Mapping[str, float | None],
+    use_params: bool,
+    seed: int,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The predicted Pareto set: feasible candidates no other evaluated one dominates,
+    each ``{id, candidate, pred_segm_AP, mflops, params}``, best predicted AP first."""
+    if optimizer not in ng.optimizers.registry:
+        raise UserError(f"stage2.optimizer: unknown nevergrad optimizer {optimizer!r} (e.g. DE, TwoPointsDE, NGOpt)")
+    param = ng.p.Array(shape=(space.unit_dims,), lower=0.0, upper=1.0)
+    param.random_state = np.random.RandomState(seed)
+    opt = ng.optimizers.registry[optimizer](parametrization=param, budget=budget, num_workers=batch_size)
+    max_mflops = constraints["max_mflops"] if constraints["max_mflops"] is not None else math.inf
+    max_params = constraints["max_params"] if constraints["max_params"] is not None else math.inf
+    seen: dict[str, dict[str, Any]] = {}
+    bar = tqdm(total=budget, desc="stage 2 (predictor)", unit="eval", disable=not progress, dynamic_ncols=True)
+    done = 0
+    while done < budget:
+        asked = [opt.ask() for _ in range(min(batch_size, budget - done))]
+        points = np.clip(np.stack([a.value for a in asked]), 0.0, np.nextafter(1.0, 0.0))
+        candidates = space.from_unit(points)
+        ap = np.asarray(model.predict(space.encode(candidates))).reshape(-1)
+        for a, candidate, score in zip(asked, candidates, ap):
+            mflops, params = space.cost(candidate)
+            losses = [-float(score), mflops] + ([float(params)] if use_params else [])
+            violation = [max(0.0, mflops - max_mflops), max(0.0, params - max_params)]
+            opt.tell(a, losses, constraint_violation=violation)
+            if violation == [0.0, 0.0]:
+                cid = space.candidate_id(candidate)
+                seen[cid] = {"id": cid, "candidate": candidate, "pred_segm_AP": float(score), "mflops": mflops,
+                             "params": int(params)}
+        done += len(asked)
+        bar.update(len(asked))
+        if seen:
+            bar.set_postfix_str(f"feasible {len(seen)} best predicted segm AP {max(s['pred_segm_AP'] for s in seen.values()):.3f}")
+    bar.close()
+    if not seen:
+        raise UserError("stage 2 found no candidate inside the constraints; relax constraints.max_mflops / max_params")
+    items = list(seen.values())
+    costs = [[s["mflops"]] + ([s["params"]] if use_params else []) for s in items]
+    keep = pareto_mask([s["pred_segm_AP"] for s in items], costs)
+    front = [s for s, k in zip(items, keep) if k]
+    return sorted(front, key=lambda s: -s["pred_segm_AP"])

@@ -1,0 +1,93 @@
+"""Experiment files: what ``nars search`` runs (dataset, space, constraints, stages, Ray).
+
+Validated by the same schema machinery as configs: an unknown key names the closest valid
+one; ``KEY VALUE`` overrides use dotted lower-case keys (``stage1.rounds 2``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from nars.errors import UserError
+from nars.schema import Schema
+
+EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "experiments"
+DEFAULT_EXPERIMENT = "quickstart"
+NONE_FLOAT = (float, type(None))
+
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "name": "nars",
+    # Either shapes (generated when absent) or train + val COCO-format files.
+    "dataset": {
+        "shapes": {"out": "", "train": 300, "val": 50, "size": 128, "seed": 0},
+        "train": {"json": "", "images": ""},
+        "val": {"json": "", "images": ""},
+    },
+    "space": "fbnetv3is_quick",
+    "base_config": "quick_shapes",  # the FBNetV3IS config that candidates override
+    "config": {},  # dotted FBNetV3IS config keys applied over base_config (before candidates)
+    "constraints": {"max_mflops": None, "max_params": None},
+    "stage1": {
+        "rounds": 2,
+        "trials_per_round": 4,
+        "max_iter": 200,
+        "eval_period": 50,
+        "pool_size": 4096,
+        "explore": 0.25,
+        "asha": {"grace_period": 50, "reduction_factor": 2},
+        "pretrain_samples": 2048,
+    },
+    "stage2": {"optimizer": "DE", "budget": 20000, "batch_size": 1024, "use_params": False},
+    "verify": {"top_k": 2, "max_iter": 600, "reference": "FBNetV3_A_dsmask"},
+    "ray": {
+        "address": "",
+        "num_cpus": 2,
+        "cpus_per_trial": 1,
+        "gpus_per_trial": 0.0,
+        "max_concurrent": 2,
+        "storage_path": "",
+    },
+    "seed": 0,
+}
+
+EXPERIMENT_SCHEMA = Schema(
+    EXPERIMENT_DEFAULTS,
+    {"constraints.max_mflops": NONE_FLOAT, "constraints.max_params": NONE_FLOAT, "config": (dict,)},
+    kind="experiment",
+)
+
+
+def resolve_experiment_path(name_or_path: str | Path | None) -> Path:
+    """A path, or the name of a file in ``experiments/`` (default: quickstart)."""
+    value = name_or_path or DEFAULT_EXPERIMENT
+    path = Path(value)
+    if path.is_file():
+        return path
+    shipped = EXPERIMENT_DIR / f"{value}.yaml"
+    if shipped.is_file():
+        return shipped
+    raise UserError(f"experiment {value}: no such file and no shipped experiment of that name")
+
+
+def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Defaults, the experiment file, then overrides; checks the combination makes sense."""
+    path = resolve_experiment_path(name_or_path)
+    exp = EXPERIMENT_SCHEMA.load(path, overrides)
+    exp["source"] = str(path)
+    data = exp["dataset"]
+    has_files = bool(data["train"]["json"] or data["val"]["json"])
+    if has_files == bool(data["shapes"]["out"]):
+        raise UserError(f"{path}: dataset needs either shapes.out (generated data) or train and val files, not both")
+    if has_files and not all(data[s][k] for s in ("train", "val") for k in ("json", "images")):
+        raise UserError(f"{path}: dataset.train and dataset.val each need json and images")
+    for key, minimum in (("stage1.rounds", 1), ("stage1.trials_per_round", 1), ("stage1.max_iter", 1),
+                         ("verify.top_k", 1), ("verify.max_iter", 1), ("ray.max_concurrent", 1)):
+        section, name = key.split(".")
+        if exp[section][name] < minimum:
+            raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
+    if not 0.0 <= exp["stage1"]["explore"] <= 1.0:
+        raise UserError(f"{path}: stage1.explore must be in [0, 1], got {exp['stage1']['explore']}")
+    if exp["stage1"]["max_iter"] % exp["stage1"]["eval_period"]:
+        raise UserError(f"{path}: stage1.max_iter must be a multiple of stage1.eval_period (ASHA's rungs)")
+    return exp

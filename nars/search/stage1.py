@@ -1,0 +1,65 @@
+"""Stage 1, constrained iterative optimization: which candidates each round trains.
+
+Round 0 draws Sobol candidates inside the constraints. Every later round refits the
+proxy-pretrained predictor on all results so far and picks from a large constrained pool:
+most by predicted segm AP, an ``explore`` share by the ensemble's uncertainty.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from predictor import MLPPredictor, ProxyEncoder, pretrain_encoder, proxy_data
+from search_spaces import SearchSpace, sample
+from search_spaces.sampling import Sample
+
+METRIC = "segm_AP"
+
+
+def pretrained_encoder(space: SearchSpace, samples: int, seed: int) -> ProxyEncoder:
+    """The architecture encoder pretrained on free proxies (log MFLOPs, log params)."""
+    x_arch, proxies = proxy_data(space, samples, seed=seed)
+    return pretrain_encoder(x_arch, proxies, seed=seed)
+
+
+def fit_predictor(space: SearchSpace, encoder: ProxyEncoder, results: Sequence[Mapping[str, Any]], seed: int) -> MLPPredictor:
+    """Refit on every measured trial (done or pruned: its last reported AP)."""
+    x = space.encode([r["candidate"] for r in results])
+    y = np.array([r["metrics"][METRIC] for r in results], dtype=float)
+    arch_dims = space.arch_slice.stop - space.arch_slice.start
+    return MLPPredictor(arch_dims, encoder=encoder, seed=seed).fit(x, y)
+
+
+def measured(trials: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [t for t in trials if t["status"] in ("done", "pruned") and t["metrics"] and METRIC in t["metrics"]]
+
+
+def propose(
+    space: SearchSpace,
+    round_index: int,
+    n: int,
+    *,
+    constraints: Mapping[str, float | None],
+    seed: int,
+    encoder: ProxyEncoder,
+    results: Sequence[Mapping[str, Any]],
+    tried: set[str],
+    pool_size: int,
+    explore: float,
+) -> list[Sample]:
+    """The ``n`` candidates round ``round_index`` trains (deterministic per seed and results)."""
+    limits = {"max_mflops": constraints["max_mflops"], "max_params": constraints["max_params"]}
+    if round_index == 0 or not results:
+        pool = sample(space, n + len(tried), method="sobol", seed=seed + round_index, **limits)
+        return [s for s in pool if s.id not in tried][:n]
+    pool = [s for s in sample(space, pool_size, method="uniform", seed=seed + round_index, **limits) if s.id not in tried]
+    model = fit_predictor(space, encoder, results, seed)
+    mean, std = model.predict(space.encode([s.candidate for s in pool]), return_std=True)
+    mean, std = np.asarray(mean).reshape(-1), np.asarray(std).reshape(-1)
+    n_explore = int(round(explore * n))
+    chosen = list(np.argsort(-mean, kind="stable")[: n - n_explore])
+    rest = [i for i in np.argsort(-std, kind="stable") if i not in set(chosen)]
+    chosen += rest[:n_explore]
+    return [pool[i] for i in chosen]

@@ -1,0 +1,170 @@
+"""The experiment store: one SQLite file (WAL) per search run.
+
+One row per trial (candidate, status, metric history, final metrics, costs, wall time,
+error) plus a key/value table for the resolved experiment, seeds and stage progress.
+Only the search driver writes; readers (``nars pareto``, notebooks) may open it any time.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from nars.errors import UserError
+
+STATUSES = ("pending", "running", "done", "failed", "pruned")
+FINAL = ("done", "failed", "pruned")
+STORE_FILE = "nars.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS trials (
+    id TEXT PRIMARY KEY,
+    candidate_id TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    candidate TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done', 'failed', 'pruned')),
+    history TEXT NOT NULL DEFAULT '[]',
+    metrics TEXT,
+    mflops REAL,
+    params INTEGER,
+    max_iter INTEGER,
+    wall_time REAL,
+    error TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trials_stage ON trials (stage, round);
+"""
+_JSON_COLUMNS = ("candidate", "history", "metrics")
+
+
+class RunStore:
+    """Read/write access to a run's SQLite store."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- meta -------------------------------------------------------------------------
+    def set_meta(self, key: str, value: Any) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    # -- trials -----------------------------------------------------------------------
+    def add_trials(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Insert pending trials (``id, candidate_id, stage, round, candidate, mflops, params,
+        max_iter``); ids already present are left as they are, so re-adding is harmless."""
+        now = time.time()
+        with self.db:
+            self.db.executemany(
+                "INSERT OR IGNORE INTO trials (id, candidate_id, stage, round, candidate, status, mflops, params, "
+                "max_iter, created, updated) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                [
+                    (r["id"], r["candidate_id"], r["stage"], r["round"], json.dumps(r["candidate"], sort_keys=True),
+                     r.get("mflops"), r.get("params"), r.get("max_iter"), now, now)
+                    for r in rows
+                ],
+            )
+
+    def set_status(self, trial_id: str, status: str) -> None:
+        self._update(trial_id, status=status)
+
+    def append_history(self, trial_id: str, report: dict[str, Any]) -> None:
+        """Add one intermediate report (iteration + metrics) to the trial's history."""
+        with self.db:
+            row = self.db.execute("SELECT history FROM trials WHERE id = ?", (trial_id,)).fetchone()
+            history = json.loads(row[0]) if row else []
+            history.append(report)
+            self.db.execute(
+                "UPDATE trials SET history = ?, status = 'running', updated = ? WHERE id = ?",
+                (json.dumps(history), time.time(), trial_id),
+            )
+
+    def finish(
+        self,
+        trial_id: str,
+        status: str,
+        metrics: dict[str, Any] | None = None,
+        wall_time: float | None = None,
+        error: str | None = None,
+    ) -> None:
+        if status not in FINAL:
+            raise ValueError(f"final status must be one of {FINAL}, got {status!r}")
+        self._update(trial_id, status=status, metrics=json.dumps(metrics) if metrics is not None else None,
+                     wall_time=wall_time, error=error)
+
+    def requeue_interrupted(self) -> int:
+        """Trials left running by a killed driver go back to pending (their history is cleared)."""
+        with self.db:
+            cur = self.db.execute(
+                "UPDATE trials SET status = 'pending', history = '[]', updated = ? WHERE status = 'running'",
+                (time.time(),),
+            )
+        return cur.rowcount
+
+    def trials(self, stage: str | None = None, round: int | None = None, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Trials as dicts (JSON columns decoded), in insertion order."""
+        sql, args = "SELECT * FROM trials WHERE 1=1", []
+        if stage is not None:
+            sql, args = sql + " AND stage = ?", args + [stage]
+        if round is not None:
+            sql, args = sql + " AND round = ?", args + [round]
+        if status is not None:
+            statuses = [status] if isinstance(status, str) else list(status)
+            sql += f" AND status IN ({', '.join('?' * len(statuses))})"
+            args += statuses
+        cur = self.db.execute(sql + " ORDER BY rowid", args)
+        names = [d[0] for d in cur.description]
+        return [_decode(dict(zip(names, row))) for row in cur.fetchall()]
+
+    def _update(self, trial_id: str, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        with self.db:
+            cur = self.db.execute(f"UPDATE trials SET {assignments} WHERE id = ?", (*fields.values(), trial_id))
+        if cur.rowcount != 1:
+            raise KeyError(f"no trial {trial_id!r} in {self.path}")
+
+
+def _decode(row: dict[str, Any]) -> dict[str, Any]:
+    for column in _JSON_COLUMNS:
+        if row.get(column) is not None:
+            row[column] = json.loads(row[column])
+    return row
+
+
+def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """A run as DataFrames: ``trials`` (one row per trial, final metrics as columns),
+    ``history`` (one row per intermediate report) and ``meta``."""
+    path = Path(run_dir) / STORE_FILE
+    if not path.is_file():
+        raise UserError(f"{run_dir}: no {STORE_FILE} here, not a NARS run folder")
+    store = RunStore(path)
+    try:
+        rows = store.trials()
+        meta = pd.read_sql_query("SELECT key, value FROM meta", store.db)
+    finally:
+        store.close()
+    trials = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["id"])
+    if rows:
+        metrics = pd.json_normalize([r["metrics"] or {} for r in rows])
+        trials = pd.concat([trials.reset_index(drop=True), metrics], axis=1)
+    history = pd.DataFrame([{"id": r["id"], **report} for r in rows for report in r["history"]])
+    meta["value"] = meta["value"].map(json.loads)
+    return {"trials": trials, "history": history, "meta": meta}
