@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping
@@ -26,7 +27,7 @@ from nars.search.experiment import load_experiment
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
 from nars.search.store import STORE_FILE, RunStore
 from nars.search.trials import TrialSpec, run_trials
-from search_spaces import SearchSpace, load_space
+from search_spaces import SearchSpace, load_space, sample
 
 logger = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"
@@ -56,9 +57,11 @@ def _dataset_keys(exp: Mapping[str, Any], root: Path) -> dict[str, str]:
 class Search:
     """One run folder: its experiment, store, space and base config."""
 
-    def __init__(self, exp: dict[str, Any], run_dir: Path, store: RunStore, progress: bool = True):
-        self.exp, self.run_dir, self.store, self.progress = exp, run_dir, store, progress
+    def __init__(self, exp: dict[str, Any], run_dir: Path, progress: bool = True):
+        """Checks everything the run needs (space, configs, dataset, constraints) before it starts."""
+        self.exp, self.run_dir, self.progress = exp, run_dir, progress
         self.space: SearchSpace = load_space(exp["space"])
+        sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
         self.base = load_config(exp["base_config"])
         for key, value in exp["config"].items():
             set_key(self.base, key, value, f"{exp['source']}: config")
@@ -159,7 +162,8 @@ class Search:
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
         self._run(pending, "verification", asha=False)
 
-    def run(self) -> None:
+    def run(self, store: RunStore) -> None:
+        self.store = store
         self.store.set_meta("state", "stage1")
         self.stage1()
         self.store.set_meta("state", "stage2")
@@ -194,19 +198,15 @@ def _scale_schedule(cfg: dict[str, Any], max_iter: int) -> None:
     solver["MAX_ITER"] = max_iter
 
 
-def prepare_run(out: Path | None, resume: Path | None, exp: dict[str, Any] | None) -> tuple[dict[str, Any], Path]:
-    """A new run folder (refused when non-empty) or an existing one to resume."""
-    if resume is not None:
-        store_path = resume / STORE_FILE
-        if not store_path.is_file():
-            raise UserError(f"--resume {resume}: no {STORE_FILE} there, not a NARS run folder")
-        return json.loads((resume / EXPERIMENT_FILE).read_text()), resume
-    assert exp is not None and out is not None
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} is not empty; pick a new folder or resume it with --resume {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")
-    return exp, out
+def check_reachable(address: str) -> None:
+    """Fail fast on a cluster address nothing answers at (ray.init would wait for minutes)."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.split("://")[-1].rpartition(":")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except (OSError, ValueError) as e:
+        raise UserError(f"ray.address {address}: nothing answers there ({e.strerror or e})") from None
 
 
 def default_run_dir(exp: Mapping[str, Any]) -> Path:
@@ -226,14 +226,26 @@ def search(
     ray_address: str | None = None,
     progress: bool = True,
 ) -> Path:
-    """Run (or resume) a search; returns the run folder."""
-    exp = None if resume else load_experiment(experiment, overrides)
-    if exp is not None:
+    """Run (or resume) a search; returns the run folder. Nothing is written before every
+    input has been checked; an existing run is only ever continued (``resume``)."""
+    if resume:
+        run_dir = Path(resume).resolve()
+        if not (run_dir / STORE_FILE).is_file() or not (run_dir / EXPERIMENT_FILE).is_file():
+            raise UserError(f"--resume {resume}: not a NARS run folder (no {STORE_FILE} / {EXPERIMENT_FILE})")
+        exp = json.loads((run_dir / EXPERIMENT_FILE).read_text())
+    else:
+        exp = load_experiment(experiment, overrides)
         exp["workdir"] = os.getcwd()
         if ray_address:
             exp["ray"]["address"] = ray_address
-    run_dir = Path(resume or out or default_run_dir(exp)).resolve()
-    exp, run_dir = prepare_run(None if resume else run_dir, run_dir if resume else None, exp)
+        run_dir = Path(out).resolve() if out else default_run_dir(exp).resolve()
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise UserError(f"--out {run_dir} is not empty; pick a new folder, or continue it with --resume {run_dir}")
+    job = Search(copy.deepcopy(exp), run_dir, progress)
+    check_reachable(exp["ray"]["address"])
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")
     store = RunStore(run_dir / STORE_FILE)
     try:
         if resume:
@@ -242,9 +254,8 @@ def search(
         else:
             store.set_meta("experiment", exp)
             store.set_meta("seed", exp["seed"])
-        search_obj = Search(copy.deepcopy(exp), run_dir, store, progress)
-        with ray_session(exp["ray"], run_dir):
-            search_obj.run()
+        with ray_session(exp["ray"]):
+            job.run(store)
     finally:
         store.close()
     return run_dir
@@ -253,15 +264,15 @@ def search(
 class ray_session:
     """``ray.init`` for the search (local by default, or an existing cluster), shut down after."""
 
-    def __init__(self, ray_cfg: Mapping[str, Any], run_dir: Path):
-        self.cfg, self.run_dir = ray_cfg, run_dir
+    def __init__(self, ray_cfg: Mapping[str, Any]):
+        self.cfg = ray_cfg
 
     def __enter__(self) -> "ray_session":
         import ray
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no per-run banner tables: NARS prints its own progress
         address = self.cfg["address"] or None
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
