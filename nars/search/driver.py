@@ -241,8 +241,8 @@ def search(
         run_dir = Path(out).resolve() if out else default_run_dir(exp).resolve()
         if run_dir.exists() and any(run_dir.iterdir()):
             raise UserError(f"--out {run_dir} is not empty; pick a new folder, or continue it with --resume {run_dir}")
-    job = Search(copy.deepcopy(exp), run_dir, progress)
     check_reachable(exp["ray"]["address"])
+    job = Search(copy.deepcopy(exp), run_dir, progress)
     if not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")

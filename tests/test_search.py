@@ -1,0 +1,207 @@
+"""nars search end to end on Ray (tiny), resume after SIGKILL, failures, pareto, export.
+
+The end-to-end search runs once per session (a subprocess, killed with SIGKILL mid stage 1
+and resumed); the tests below read what it left.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nars.cli import main
+from nars.search.pareto import hypervolume, pareto_mask
+from nars.search.store import RunStore, load_run
+
+DATA = Path(__file__).parent / "data"
+NARS = [sys.executable, "-m", "nars.cli"]
+
+
+def _experiment(tmp: Path, **changes: object) -> Path:
+    exp = yaml.safe_load((DATA / "tiny_search.yaml").read_text())
+    exp["dataset"]["shapes"]["out"] = str(tmp / "shapes")
+    for key, value in changes.items():
+        section, _, name = key.partition(".")
+        if name:
+            exp[section][name] = value
+        else:
+            exp[section] = value
+    path = tmp / "experiment.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path
+
+
+def _statuses(run: Path) -> dict[str, str]:
+    with sqlite3.connect(run / "nars.sqlite") as db:
+        return dict(db.execute("SELECT id, status FROM trials"))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    """A search killed (SIGKILL) in stage 1 once a trial has finished, then resumed."""
+    tmp = tmp_path_factory.mktemp("search")
+    exp = _experiment(tmp)
+    run = tmp / "run"
+    proc = subprocess.Popen([*NARS, "search", str(exp), "--out", str(run)], cwd=tmp, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    before: dict[str, dict] = {}
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(1)
+        if (run / "nars.sqlite").is_file():
+            store = RunStore(run / "nars.sqlite")
+            trials = store.trials()
+            store.close()
+            final = [t for t in trials if t["status"] in ("done", "failed", "pruned")]
+            if final and any(t["status"] in ("running", "pending") for t in trials):
+                before = {t["id"]: t for t in final}
+                os.kill(proc.pid, signal.SIGKILL)  # the driver only, at an arbitrary moment
+                break
+    proc.wait(timeout=60)
+    assert before, f"the search never had a finished trial to kill after: {proc.stderr.read()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)  # clean up what Ray left of the killed session
+    resumed = subprocess.run([*NARS, "search", "--resume", str(run)], cwd=tmp, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    return {"run": run, "tmp": tmp, "before": before, "stdout": resumed.stdout}
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(searched):
+    store = RunStore(searched["run"] / "nars.sqlite")
+    trials = store.trials()
+    state = store.get_meta("state")
+    store.close()
+    assert state == "finished"
+    for tid, old in searched["before"].items():  # finished trials were not trained again
+        new = next(t for t in trials if t["id"] == tid)
+        assert (new["status"], new["metrics"], new["wall_time"], new["updated"]) == (
+            old["status"], old["metrics"], old["wall_time"], old["updated"])
+    stage1 = [t for t in trials if t["stage"] == "stage1"]
+    assert sorted((t["round"]) for t in stage1) == [0, 0, 1, 1]  # 2 rounds of 2, none duplicated
+    assert len({t["candidate_id"] for t in stage1}) == 4
+    assert all(t["status"] in ("done", "pruned", "failed") for t in trials)
+    assert {t["stage"] for t in trials} == {"stage1", "verify", "reference"}
+
+
+def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, capsys):
+    # seed 0's first Sobol pair takes both learning rates of this space: one trial diverges
+    exp = _experiment(tmp_path, space=str(DATA / "diverging_space.yaml"), **{"stage1.rounds": 1})
+    assert main(["search", str(exp), "--out", str(tmp_path / "run")]) == 0
+    store = RunStore(tmp_path / "run" / "nars.sqlite")
+    trials, state = store.trials(stage="stage1"), store.get_meta("state")
+    store.close()
+    assert state == "finished"
+    failed = [t for t in trials if t["status"] == "failed"]
+    assert [t["candidate"]["lr"] for t in failed] == [1000000.0]
+    assert "the recipe diverged" in failed[0]["error"]
+    assert any(t["status"] in ("done", "pruned") for t in trials)
+
+
+def test_store_contents_as_dataframes(searched):
+    run = load_run(searched["run"])
+    trials, history, meta = run["trials"], run["history"], run["meta"]
+    assert {"id", "stage", "round", "candidate", "status", "history", "metrics", "mflops", "params", "wall_time",
+            "error", "segm_AP", "bbox_AP"} <= set(trials.columns)
+    done = trials[trials.status == "done"]
+    assert (done.segm_AP >= 0).all() and (done.mflops > 0).all() and (done.params > 0).all()
+    assert set(history.id) <= set(trials.id) and (history.iteration > 0).all()
+    assert {"experiment", "seed", "state", "stage2_front"} <= set(meta.key)
+    with sqlite3.connect(searched["run"] / "nars.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_pareto_json_and_plot(searched, capsys):
+    png = searched["tmp"] / "front.png"
+    assert main(["pareto", str(searched["run"]), "--json", "--plot", str(png)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all({"id", "segm_AP", "bbox_AP", "mflops", "params"} <= set(r) for r in rows)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_then_train_and_eval_the_export(searched, capsys):
+    out = searched["tmp"] / "exported"
+    assert main(["export", str(searched["run"]), "--best", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"metrics", "mflops", "params", "candidate", "provenance"} <= set(summary)
+    assert summary["stage"] == "verify"
+    assert main(["export", str(searched["run"]), "--best", "--out", str(out)]) == 2  # never overwrites
+    capsys.readouterr()
+    assert main(["eval", str(out / "config.yaml"), "--weights", str(out / "model_final.pth"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["segm"]["AP"] == pytest.approx(summary["metrics"]["segm_AP"], abs=1e-6)
+    retrain = searched["tmp"] / "retrain"
+    assert main(["train", str(out / "config.yaml"), "--out", str(retrain), "SOLVER.MAX_ITER", "4"]) == 0
+    assert (retrain / "model_final.pth").is_file()
+
+
+def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, capsys):
+    exp = _experiment(tmp_path, config={"MODEL.WEIGHTS": str(tmp_path / "missing.pth")},
+                      **{"stage1.rounds": 1})
+    code = main(["search", str(exp), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "every trial of stage 1 round 1 failed; the first error:" in err and "missing.pth" in err
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"stage1": {"roundz": 2}}, "unknown experiment key stage1.roundz; did you mean stage1.rounds?"),
+        ({"space": "no_such_space"}, "space no_such_space: no such file"),
+        ({"constraints": {"max_mflops": 1.0}}, "drawn candidates meet MFLOPs <= 1 "),
+        ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
+                      "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),
+        ({"ray": {"address": "127.0.0.1:9"}}, "ray.address 127.0.0.1:9: nothing answers there"),
+    ],
+)
+def test_bad_experiments_give_one_line_and_write_nothing(tmp_path, capsys, change, message):
+    exp = yaml.safe_load((DATA / "tiny_search.yaml").read_text())
+    exp["dataset"]["shapes"]["out"] = str(tmp_path / "shapes")
+    for section, value in change.items():
+        exp[section] = {**exp[section], **value} if isinstance(value, dict) and isinstance(exp.get(section), dict) else value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    code = main(["search", str(path), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_non_empty_out_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("precious")
+    code = main(["search", str(DATA / "tiny_search.yaml"), "--out", str(tmp_path / "run")])
+    assert code == 2 and "is not empty" in capsys.readouterr().err
+    assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
+
+
+def test_pareto_mask_and_hypervolume():
+    assert pareto_mask([0.5, 0.4, 0.6, 0.3], [100, 50, 200, 60]).tolist() == [True, True, True, False]
+    assert hypervolume([0.5, 0.4, 0.6], [100, 50, 200], ref_cost=300) == pytest.approx(130.0)
+    assert hypervolume([0.5], [400], ref_cost=300) == 0.0
+
+
+def test_store_requeues_interrupted_trials(tmp_path):
+    store = RunStore(tmp_path / "nars.sqlite")
+    store.add_trials([{"id": f"t{i}", "candidate_id": f"c{i}", "stage": "stage1", "round": 0, "candidate": {"a": i}}
+                      for i in range(3)])
+    store.add_trials([{"id": "t0", "candidate_id": "c0", "stage": "stage1", "round": 0, "candidate": {"a": 9}}])
+    store.append_history("t0", {"iteration": 5, "segm_AP": 0.1})
+    store.finish("t0", "done", {"segm_AP": 0.2}, wall_time=3.0)
+    store.append_history("t1", {"iteration": 5, "segm_AP": 0.1})
+    assert store.requeue_interrupted() == 1
+    rows = {t["id"]: t for t in store.trials()}
+    assert rows["t0"]["candidate"] == {"a": 0} and rows["t0"]["status"] == "done"
+    assert rows["t1"]["status"] == "pending" and rows["t1"]["history"] == []
+    with pytest.raises(ValueError):
+        store.finish("t2", "running")
+    store.close()
