@@ -171,7 +171,7 @@ def run_trials(
     tuner = tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search([s.id for s in specs])},
-        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent, reuse_actors=False),
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=max_concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
             name=f"{label.replace(' ', '_')}-{int(time.time())}",
             storage_path=storage_path,
