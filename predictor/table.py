@@ -1,4 +1,4 @@
-"""Tables of measured candidates (CSV or parquet) for training and evaluating predictors.
+"""Tables of measured candidates (CSV, parquet, or a search run) for training and evaluating predictors.
 
 A row is one trained candidate: either a ``candidate`` column holding its JSON (as the
 search store writes it), or one column per parameter (empty for inactive ones; lists and
@@ -22,7 +22,13 @@ METRICS = ("segm_AP", "bbox_AP")
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
+    """A CSV/parquet table, or a search run folder (its measured trials: done or pruned)."""
     path = Path(path)
+    if path.is_dir():
+        from nars.search.store import load_run
+
+        trials = load_run(path)["trials"]
+        return trials[trials["status"].isin(["done", "pruned"])] if "status" in trials else trials
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
     if path.suffix.lower() not in readers:
         raise UserError(f"{path}: expected a .csv or .parquet table")

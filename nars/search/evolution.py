@@ -11,6 +11,7 @@ used: it fails on subsets, see the reference notes).
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping
 
 import nevergrad as ng
@@ -56,7 +57,9 @@ def evolve(
             mflops, params = space.cost(candidate)
             losses = [-float(score), mflops] + ([float(params)] if use_params else [])
             violation = [max(0.0, mflops - max_mflops), max(0.0, params - max_params)]
-            opt.tell(a, losses, constraint_violation=violation)
+            with warnings.catch_warnings():  # nevergrad's penalty scaling warns on its first zero-loss tells
+                warnings.simplefilter("ignore", RuntimeWarning)
+                opt.tell(a, losses, constraint_violation=violation)
             if violation == [0.0, 0.0]:
                 cid = space.candidate_id(candidate)
                 seen[cid] = {"id": cid, "candidate": candidate, "pred_segm_AP": float(score), "mflops": mflops,

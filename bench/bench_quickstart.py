@@ -1,0 +1,65 @@
+"""Wall time and peak memory of the README's main job, ``nars search`` with no arguments.
+
+    .venv/bin/python bench/bench_quickstart.py [--work DIR] [KEY VALUE ...]
+
+Runs the search in a fresh folder (its own session, so that every Ray process it starts is
+counted), samples the summed resident memory of all of them once a second, and prints the
+measured front with the reference FBNetV3_A_dsmask trained on the same budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def session_rss(sid: int) -> int:
+    """Summed RSS (bytes) of every process in session ``sid`` (Linux /proc)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            if os.getsid(int(pid)) != sid:
+                continue
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", help="folder to run in (default: a new temporary one)")
+    parser.add_argument("overrides", nargs="*", help="experiment overrides, e.g. stage1.rounds 1")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="nars-quickstart-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "nars.cli", "search", "--out", str(work / "run"), *args.overrides]
+    start = time.time()
+    proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=open(work / "search.log", "w"),
+                            stderr=subprocess.STDOUT)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, session_rss(proc.pid))
+        time.sleep(1.0)
+    wall = time.time() - start
+    print(f"command: nars search --out {work / 'run'} {' '.join(args.overrides)} (in {work})")
+    print(f"exit code {proc.returncode}; wall time {wall / 60:.1f} min; peak memory (all processes) {peak / 2**30:.2f} GiB")
+    if proc.returncode:
+        print((work / "search.log").read_text()[-3000:])
+        sys.exit(1)
+    front = subprocess.run([sys.executable, "-m", "nars.cli", "pareto", str(work / "run")], capture_output=True,
+                           text=True, check=True)
+    print(front.stdout)
+
+
+if __name__ == "__main__":
+    main()
