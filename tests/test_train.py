@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from engine_helpers import TINY_TRAIN, data_overrides, make_shapes, one_thread
-from nars.cli import main
+from nars.cli import build_parser, main
+from nars.commands.config_args import parse_late_options
 from nars.config import load_config
 from nars.engine import distributed as comm
 from nars.engine.events import EventWriter, read_metrics
@@ -120,3 +121,13 @@ def test_two_gloo_processes_train_with_naive_sync_bn(shapes, tmp_path):
     assert bn and all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
     assert all(torch.equal(ranks[0][k], final["model"][k]) for k in ranks[0])
     assert (tmp_path / "run" / "eval.json").is_file()
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--out", "d", "--resume", "cfg", "A.B", "-1"],
+    ["train", "cfg", "--out", "d", "--resume", "A.B", "-1"],
+    ["train", "cfg", "A.B", "-1", "--resume", "--out", "d"],
+])
+def test_options_may_come_before_or_after_config(argv):
+    args = parse_late_options(build_parser().parse_args(argv))
+    assert (args.config, args.out, args.resume, args.num_workers, args.overrides) == ("cfg", "d", True, 1, ["A.B", "-1"])

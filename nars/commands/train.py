@@ -43,7 +43,9 @@ def run_train(args: argparse.Namespace) -> int:
     out = Path(args.out or cfg["OUTPUT_DIR"])
     device = comm.device_for(cfg["MODEL"]["DEVICE"])
     if args.num_workers > 1 and not comm.launched_by_torchrun():
-        prepare(cfg, out, resume=args.resume, world_size=args.num_workers)  # fail here, not in N workers
+        # fail here rather than in N workers; on the CPU, so this process holds no GPU memory
+        prepare({**cfg, "MODEL": {**cfg["MODEL"], "DEVICE": "cpu"}}, out, resume=args.resume,
+                world_size=args.num_workers)
     setup_logging()  # after that check, so that its dataset summaries are not shown twice
     comm.launch(_process, (cfg, str(out), args.resume), args.num_workers, device)
     if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports

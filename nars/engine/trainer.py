@@ -133,6 +133,8 @@ def prepare(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool, world_
     device = comm.device_for(cfg["MODEL"]["DEVICE"])
     checkpointer = Checkpointer(out_dir, solver["MAX_TO_KEEP"])
     last = checkpointer.last() if resume and out_dir.is_dir() else None
+    if resume and last is None:
+        logger.info("%s holds no checkpoint: --resume starts a new run", out_dir)
     checkpoint = read_checkpoint(last) if last else None
     cfg["SEED"] = seed = _resolve_seed(cfg, checkpoint)
     cfg["OUTPUT_DIR"] = str(out_dir)
@@ -149,19 +151,25 @@ def prepare(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool, world_
     clipper = build_gradient_clipper(solver)
     ema = ModelEMA(model, cfg["MODEL_EMA"]["DECAY"]) if cfg["MODEL_EMA"]["ENABLED"] else None
     train_set, test_set = _datasets(cfg)  # last: the slowest check
-    start_iter, rng = 0, None
+    run = TrainingRun(cfg, out_dir, device, model, train_set, test_set, optimizer, scheduler, clipper, ema,
+                      checkpointer, seed, start_iter=0, rng=None)
     if checkpoint is not None:
-        try:
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            scheduler.load_state_dict(checkpoint["scheduler"])
-        except (KeyError, ValueError) as e:
-            raise UserError(f"{last}: optimizer or scheduler state does not fit this config ({e})") from None
-        if ema is not None and "ema_state" in checkpoint:
-            ema.load_state_dict(checkpoint["ema_state"])
-        start_iter, rng = int(checkpoint["iteration"]) + 1, checkpoint.get("rng")
-        logger.info("resuming from %s at iteration %d", last, start_iter)
-    return TrainingRun(cfg, out_dir, device, model, train_set, test_set, optimizer, scheduler, clipper, ema,
-                       checkpointer, seed, start_iter, rng)
+        _restore(run, checkpoint, last)
+    return run
+
+
+def _restore(run: TrainingRun, checkpoint: Mapping[str, Any], path: Path) -> None:
+    """The optimizer, scheduler, EMA, position and random states of a checkpoint (the
+    weights are loaded before the optimizer exists)."""
+    try:
+        run.optimizer.load_state_dict(checkpoint["optimizer"])
+        run.scheduler.load_state_dict(checkpoint["scheduler"])
+    except (KeyError, ValueError) as e:
+        raise UserError(f"{path}: optimizer or scheduler state does not fit this config ({e})") from None
+    if run.ema is not None and "ema_state" in checkpoint:
+        run.ema.load_state_dict(checkpoint["ema_state"])
+    run.start_iter, run.rng = int(checkpoint["iteration"]) + 1, checkpoint.get("rng")
+    logger.info("resuming from %s at iteration %d", path, run.start_iter)
 
 
 def _seed_process(run: TrainingRun) -> None:
@@ -176,7 +184,8 @@ def _seed_process(run: TrainingRun) -> None:
     seed_all(int(np.random.SeedSequence([run.seed, rank, run.start_iter]).generate_state(1)[0]))
 
 
-def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]], device: torch.device):
+def _to_device(images: list[torch.Tensor], targets: list[dict[str, Any]],
+               device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in t.items()}
                for t in targets]
