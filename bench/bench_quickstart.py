@@ -10,7 +10,6 @@ measured front with the reference FBNetV3_A_dsmask trained on the same budget.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

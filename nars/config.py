@@ -12,8 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
-from nars.errors import UserError
-from nars.schema import Schema
+from nars.schema import Schema, resolve_file
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -105,14 +104,7 @@ def merge(cfg: dict[str, Any], updates: Mapping[str, Any], source: str) -> dict[
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
     """A file path, or the name of a config shipped in ``nars/configs``."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = CONFIG_DIR / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise UserError(f"config {name_or_path}: no such file and no shipped config of that name (shipped: {known})")
+    return resolve_file(name_or_path, CONFIG_DIR, "config")
 
 
 def default_config() -> dict[str, Any]:

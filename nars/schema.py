@@ -88,6 +88,17 @@ class Schema:
         raise UserError(f"{source}: {key} expects {expected}, got {type(value).__name__} {value!r}")
 
 
+def resolve_file(name_or_path: str | Path, folder: Path, what: str, near: Path | None = None) -> Path:
+    """A file path (or one relative to ``near``), or the name of a ``.yaml`` file shipped in
+    ``folder``; otherwise an error that lists the shipped names."""
+    candidates = [Path(name_or_path)] + ([near / str(name_or_path)] if near else []) + [folder / f"{name_or_path}.yaml"]
+    for path in candidates:
+        if path.is_file():
+            return path
+    known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+    raise UserError(f"{what} {name_or_path}: no such file and no shipped {what} of that name (shipped: {known})")
+
+
 def parse_overrides(pairs: Sequence[str], source: str = "command line") -> list[tuple[str, Any]]:
     """detectron2-style ``KEY VALUE`` pairs; each value is read as YAML (safe_load)."""
     if len(pairs) % 2:

@@ -35,7 +35,7 @@ from nars.config import DEFAULTS, default_config, get, load_config, set_key
 from nars.errors import UserError
 from nars.model.arch import PARTS, ArchSpec, BlockSpec, parse_arch, resolve_arch
 from nars.model.cost import model_cost
-from nars.schema import read_yaml
+from nars.schema import read_yaml, resolve_file
 from search_spaces.params import Choice, DomainError, Param, active_mask, parse_param, same
 
 SPACE_DIR = Path(__file__).parent
@@ -129,12 +129,7 @@ def _lookup(cfg: Mapping[str, Any], key: str) -> Any:
 
 def resolve_space_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
     """A file path (relative to ``relative_to`` if given), or a shipped space's name."""
-    near = (relative_to or Path.cwd()) / str(name_or_path)
-    for path in (Path(name_or_path), near, SPACE_DIR / f"{name_or_path}.yaml"):
-        if path.is_file():
-            return path
-    known = ", ".join(sorted(p.stem for p in SPACE_DIR.glob("*.yaml")))
-    raise UserError(f"space {name_or_path}: no such file and no shipped space of that name (shipped: {known})")
+    return resolve_file(name_or_path, SPACE_DIR, "space", relative_to)
 
 
 def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:

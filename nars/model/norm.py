@@ -18,7 +18,6 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.nn import functional as F
 from torchvision.ops import FrozenBatchNorm2d
 
 from nars.errors import UserError

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from nars.errors import UserError
-from nars.schema import Schema
+from nars.schema import Schema, resolve_file
 
 EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "experiments"
 DEFAULT_EXPERIMENT = "quickstart"
@@ -60,14 +60,7 @@ EXPERIMENT_SCHEMA = Schema(
 
 def resolve_experiment_path(name_or_path: str | Path | None) -> Path:
     """A path, or the name of a file in ``experiments/`` (default: quickstart)."""
-    value = name_or_path or DEFAULT_EXPERIMENT
-    path = Path(value)
-    if path.is_file():
-        return path
-    shipped = EXPERIMENT_DIR / f"{value}.yaml"
-    if shipped.is_file():
-        return shipped
-    raise UserError(f"experiment {value}: no such file and no shipped experiment of that name")
+    return resolve_file(name_or_path or DEFAULT_EXPERIMENT, EXPERIMENT_DIR, "experiment")
 
 
 def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[str] = ()) -> dict[str, Any]:
