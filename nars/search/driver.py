@@ -277,7 +277,8 @@ class ray_session:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
             temp = Path(tempfile.gettempdir()) / f"nars-ray-{os.getpid()}"  # unix socket paths must stay short
-            kwargs.update(num_cpus=self.cfg["num_cpus"], _temp_dir=str(temp))
+            # trials exchange little data: a small object store keeps a laptop's memory for training
+            kwargs.update(num_cpus=self.cfg["num_cpus"], _temp_dir=str(temp), object_store_memory=200 * 2**20)
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
