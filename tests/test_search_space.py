@@ -103,7 +103,7 @@ def test_complete_config_round_trip(quick):
         cfg = quick.to_config(s.candidate)
         assert cfg["SOLVER"]["BASE_LR"] == s.candidate["lr"] and cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"] == 4
         assert quick.from_config(cfg) == s.candidate
-    base = load_config("quick_shapes")  # the shipped shapes config is the quick space's reference
+    base = load_config("search_shapes")  # the shipped search config is the quick space's reference
     assert quick.from_config(base) == quick.references["FBNetV3_A_dsmask"]
     cfg = quick.to_config(s.candidate, base)
     assert cfg["DATASETS"] == base["DATASETS"] and quick.from_config(cfg) == s.candidate

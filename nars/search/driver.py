@@ -63,8 +63,6 @@ class Search:
         self.space: SearchSpace = load_space(exp["space"])
         sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
         self.base = load_config(exp["base_config"])
-        for key, value in exp["config"].items():
-            set_key(self.base, key, value, f"{exp['source']}: config")
         for key, value in _dataset_keys(exp, Path(exp.get("workdir", "."))).items():
             set_key(self.base, key, value, "experiment dataset")
         ray = exp["ray"]
@@ -90,6 +88,8 @@ class Search:
         """
         v, s1 = self.exp["verify"], self.exp["stage1"]
         cfg = self.space.to_config(candidate, base=self.base)
+        for key, value in self.exp["config"].items():  # pinned for every trial, over the candidate's values
+            set_key(cfg, key, value, f"{self.exp['source']}: config")
         full = min(cfg["SOLVER"]["MAX_ITER"], v["max_iter"])
         iters = {"stage1": max(1, round(full * s1["max_iter"] / v["max_iter"])), "reference": v["max_iter"]}.get(stage, full)
         _scale_schedule(cfg, iters)

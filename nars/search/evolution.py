@@ -22,6 +22,7 @@ from nars.errors import UserError
 from nars.search.pareto import pareto_mask
 from predictor import MLPPredictor
 from search_spaces import SearchSpace
+from search_spaces.space import canonical_id
 
 
 def evolve(
@@ -54,14 +55,14 @@ def evolve(
         candidates = space.from_unit(points)
         ap = np.asarray(model.predict(space.encode(candidates))).reshape(-1)
         for a, candidate, score in zip(asked, candidates, ap):
-            mflops, params = space.cost(candidate)
+            mflops, params = space._cost(candidate)  # from_unit's candidates are already canonical
             losses = [-float(score), mflops] + ([float(params)] if use_params else [])
             violation = [max(0.0, mflops - max_mflops), max(0.0, params - max_params)]
             with warnings.catch_warnings():  # nevergrad's penalty scaling warns on its first zero-loss tells
                 warnings.simplefilter("ignore", RuntimeWarning)
                 opt.tell(a, losses, constraint_violation=violation)
             if violation == [0.0, 0.0]:
-                cid = space.candidate_id(candidate)
+                cid = canonical_id(candidate)
                 seen[cid] = {"id": cid, "candidate": candidate, "pred_segm_AP": float(score), "mflops": mflops,
                              "params": int(params)}
         done += len(asked)

@@ -25,8 +25,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "val": {"json": "", "images": ""},
     },
     "space": "fbnetv3is_quick",
-    "base_config": "quick_shapes",  # the FBNetV3IS config that candidates override
-    "config": {},  # dotted FBNetV3IS config keys applied over base_config (before candidates)
+    "base_config": "search_shapes",  # the FBNetV3IS config that candidates override
+    "config": {},  # dotted FBNetV3IS config keys pinned for every trial (over base_config and the candidate)
     "constraints": {"max_mflops": None, "max_params": None},
     "stage1": {
         "rounds": 2,
