@@ -101,7 +101,8 @@ class Search:
         return [TrialSpec(t["id"], self.trial_config(t["candidate"], t["stage"]), str(self.run_dir / "trials" / t["id"]))
                 for t in trials]
 
-    def _run(self, trials: list[dict[str, Any]], label: str, asha: bool) -> None:
+    def run_pending(self, trials: list[dict[str, Any]], label: str, asha: bool) -> None:
+        """Train stored trials on Ray (ASHA or to the end); outcomes land in the store."""
         ray = self.exp["ray"]
         storage = ray["storage_path"] or str(self.run_dir / "ray")
         best = max([t["metrics"].get(METRIC, 0.0) for t in measured(self.store.trials())] + [0.0])
@@ -109,7 +110,8 @@ class Search:
                    cpus_per_trial=ray["cpus_per_trial"], gpus_per_trial=ray["gpus_per_trial"],
                    max_concurrent=ray["max_concurrent"], asha=self.exp["stage1"]["asha"] if asha else None, best=best)
 
-    def _add(self, samples: list[Any], stage: str, round_index: int) -> None:
+    def add(self, samples: list[Any], stage: str, round_index: int) -> None:
+        """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are kept)."""
         self.store.add_trials(
             {"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
              "candidate": s.candidate, "mflops": s.mflops, "params": s.params,
@@ -128,9 +130,9 @@ class Search:
                     encoder=self.encoder, results=measured(history), tried={t["candidate_id"] for t in history},
                     pool_size=s1["pool_size"], explore=s1["explore"],
                 )
-                self._add(samples, "stage1", r)
+                self.add(samples, "stage1", r)
             pending = self.store.trials(stage="stage1", round=r, status="pending")
-            self._run(pending, f"stage 1 round {r + 1}/{s1['rounds']}", asha=True)
+            self.run_pending(pending, f"stage 1 round {r + 1}/{s1['rounds']}", asha=True)
             round_trials = self.store.trials(stage="stage1", round=r)
             if all(t["status"] == "failed" for t in round_trials):
                 raise UserError(f"every trial of stage 1 round {r + 1} failed; the first error: {round_trials[0]['error']}")
@@ -152,15 +154,15 @@ class Search:
         v = self.exp["verify"]
         if not self.store.trials(stage="verify"):
             picks = _spread(front, v["top_k"])
-            self._add([_Pick(p) for p in picks], "verify", 0)
+            self.add([_Pick(p) for p in picks], "verify", 0)
             ref = self.space.references.get(v["reference"])
             if ref is not None:
                 cid = self.space.candidate_id(ref)
                 mflops, params = self.space.cost(ref)
-                self._add([_Pick({"id": cid, "candidate": ref, "mflops": mflops, "params": params})],
+                self.add([_Pick({"id": cid, "candidate": ref, "mflops": mflops, "params": params})],
                           "reference", 0)
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
-        self._run(pending, "verification", asha=False)
+        self.run_pending(pending, "verification", asha=False)
 
     def run(self, store: RunStore) -> None:
         self.store = store
