@@ -54,17 +54,17 @@ def evolve(
         points = np.clip(np.stack([a.value for a in asked]), 0.0, np.nextafter(1.0, 0.0))
         candidates = space.from_unit(points)
         ap = np.asarray(model.predict(space.encode(candidates))).reshape(-1)
-        for a, candidate, score in zip(asked, candidates, ap):
-            mflops, params = space._cost(candidate)  # from_unit's candidates are already canonical
-            losses = [-float(score), mflops] + ([float(params)] if use_params else [])
-            violation = [max(0.0, mflops - max_mflops), max(0.0, params - max_params)]
-            with warnings.catch_warnings():  # nevergrad's penalty scaling warns on its first zero-loss tells
-                warnings.simplefilter("ignore", RuntimeWarning)
+        with warnings.catch_warnings():  # nevergrad's penalty scaling warns on its first zero-loss tells
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module="nevergrad")
+            for a, candidate, score in zip(asked, candidates, ap):
+                mflops, params = space._cost(candidate)  # from_unit's candidates are already canonical
+                losses = [-float(score), mflops] + ([float(params)] if use_params else [])
+                violation = [max(0.0, mflops - max_mflops), max(0.0, params - max_params)]
                 opt.tell(a, losses, constraint_violation=violation)
-            if violation == [0.0, 0.0]:
-                cid = canonical_id(candidate)
-                seen[cid] = {"id": cid, "candidate": candidate, "pred_segm_AP": float(score), "mflops": mflops,
-                             "params": int(params)}
+                if violation == [0.0, 0.0]:
+                    cid = canonical_id(candidate)
+                    seen[cid] = {"id": cid, "candidate": candidate, "pred_segm_AP": float(score), "mflops": mflops,
+                                 "params": int(params)}
         done += len(asked)
         bar.update(len(asked))
         if seen:
