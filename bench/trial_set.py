@@ -1,0 +1,55 @@
+"""A set of real trials for the predictor and fidelity benchmarks: Sobol candidates of an
+experiment's space, each trained at the search's two budgets, kept in a run store.
+
+Why one shared set: both benchmarks need the same expensive thing, candidates trained for
+real exactly as ``nars search`` trains them (``Search.trial_config``: stage 1's compressed
+schedule, and verification's full one), so pointing both at one ``--work`` folder trains each
+candidate once. The store makes the set resumable and incremental: asking for more
+candidates trains only the new ones (Sobol draws are a prefix of the longer sequence).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from nars.search.driver import Search, ray_session
+from nars.search.experiment import load_experiment
+from nars.search.store import STORE_FILE, RunStore, load_run
+from search_spaces import sample
+
+QUICK = [  # a tiny budget for the --quick modes (<= 5 minutes on 2 cores)
+    "stage1.max_iter", "10", "stage1.eval_period", "5", "verify.max_iter", "40",
+    "stage1.pretrain_samples", "256",
+]
+
+
+def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: int = 0,
+              experiment: str = "quickstart") -> pd.DataFrame:
+    """Train the first ``n`` feasible Sobol candidates at each of ``stages`` ("stage1", "verify");
+    one row per trained trial: candidate, stage, MFLOPs, params, metrics, history."""
+    overrides = [*(QUICK if quick else []), "seed", str(seed),
+                 "dataset.shapes.out", str((work / "data" / "shapes").resolve())]
+    exp = load_experiment(experiment, overrides)
+    run_dir = work / ("trials-quick" if quick else "trials")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    job = Search(copy.deepcopy(exp), run_dir, progress=True)
+    picks = sample(job.space, n, method="sobol", seed=seed, **exp["constraints"])
+    store = RunStore(run_dir / STORE_FILE)
+    try:
+        job.store = store
+        store.requeue_interrupted()
+        for stage in stages:
+            job.add(picks, stage, 0)
+        if store.trials(status="pending"):
+            with ray_session(exp["ray"]):
+                for stage in stages:
+                    job.run_pending(store.trials(stage=stage, status="pending"), f"{stage} ({n} candidates)", asha=False)
+    finally:
+        store.close()
+    trials = load_run(run_dir)["trials"]
+    wanted = {p.id for p in picks}
+    return trials[trials["candidate_id"].isin(wanted) & trials["stage"].isin(stages)].reset_index(drop=True)
