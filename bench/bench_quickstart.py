@@ -3,8 +3,11 @@
     .venv/bin/python bench/bench_quickstart.py [--work DIR] [KEY VALUE ...]
 
 Runs the search in a fresh folder (its own session, so that every Ray process it starts is
-counted), samples the summed resident memory of all of them once a second, and prints the
-measured front with the reference FBNetV3_A_dsmask trained on the same budget.
+counted), samples the memory of all of them once a second, and prints the measured front
+with the reference FBNetV3_A_dsmask trained on the same budget. Memory is reported two ways:
+summed PSS (proportional set size: a page shared by k processes, such as torch's libraries
+mapped by every Ray worker, counts 1/k in each, so the sum is what the machine holds) and
+summed RSS (every shared page counted once per process: an overestimate).
 """
 
 from __future__ import annotations
@@ -18,20 +21,21 @@ import time
 from pathlib import Path
 
 
-def session_rss(sid: int) -> int:
-    """Summed RSS (bytes) of every process in session ``sid`` (Linux /proc)."""
-    total = 0
+def session_memory(sid: int) -> tuple[int, int]:
+    """Summed (PSS, RSS) in bytes of every process in session ``sid`` (Linux /proc)."""
+    pss = rss = 0
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             if os.getsid(int(pid)) != sid:
                 continue
-            with open(f"/proc/{pid}/statm") as f:
-                total += int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1:] == ["kB"]}
+            pss, rss = pss + fields["Pss"] * 1024, rss + fields["Rss"] * 1024
+        except (OSError, ValueError, IndexError, KeyError):
             continue
-    return total
+    return pss, rss
 
 
 def main() -> None:
@@ -45,13 +49,15 @@ def main() -> None:
     start = time.time()
     proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=open(work / "search.log", "w"),
                             stderr=subprocess.STDOUT)
-    peak = 0
+    peak_pss = peak_rss = 0
     while proc.poll() is None:
-        peak = max(peak, session_rss(proc.pid))
+        pss, rss = session_memory(proc.pid)
+        peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(1.0)
     wall = time.time() - start
     print(f"command: nars search --out {work / 'run'} {' '.join(args.overrides)} (in {work})")
-    print(f"exit code {proc.returncode}; wall time {wall / 60:.1f} min; peak memory (all processes) {peak / 2**30:.2f} GiB")
+    print(f"exit code {proc.returncode}; wall time {wall / 60:.1f} min; peak memory of all processes: "
+          f"PSS {peak_pss / 2**30:.2f} GiB, RSS {peak_rss / 2**30:.2f} GiB")
     if proc.returncode:
         print((work / "search.log").read_text()[-3000:])
         sys.exit(1)
