@@ -1,0 +1,513 @@
+"""Search efficiency: does NARS find better models than plain hyper-parameter search for the same compute?
+
+    .venv/bin/python bench/bench_search.py [--quick] [--seeds 0 1 2] [--work DIR]
+
+    .venv/bin/python bench/bench_search.py --quick --work /tmp/nars-bench-search-quick
+    .venv/bin/python bench/bench_search.py --work /tmp/nars-bench-search
+
+Full mode: seeds 0, 1, 2 at the quickstart's own budget (``experiments/quickstart.yaml`` with
+``verify.top_k 2``; when written, 2 rounds x 3 stage-1 trials, 2 verified candidates); 12 searches of
+about the quickstart's size, so one to two hours on 2 cores (an estimate). ``--quick``: 3 seeds
+at a tiny budget (2 rounds x 2 trials of 8 iterations, 16 verification iterations, a small
+predictor pool, pretraining and stage 2) on the tests' tiny scale (64 px shapes, 8 validation
+images, 4 images a batch, pinned through the experiment's ``config``): under 5 minutes on 2
+idle cores, mostly Ray starting trial workers. It checks the machinery; its APs are near zero
+and say nothing about the methods. Everything lands in ``--work`` (default: a new temporary
+folder): the shapes data, one run folder per method and seed (``runs/METHOD/seedS``:
+``nars.sqlite`` and each trial's training folder), ``results.json`` and
+``search_efficiency.png``. The markdown table is printed.
+
+Methods, each run once per seed with the same budget of real training trials:
+
+- ``NARS``: ``nars.search.driver.search`` (stage 1 with ASHA, predictor refits, stage 2 on the
+  predictor, verification of the predicted front), in-process with its own Ray session.
+- ``random``: ``search_spaces.sample(space, N, method="uniform", seed=S, **constraints)``;
+  all N trained at stage-1 fidelity (``run_trials``, FIFO, no early stopping).
+- ``tune-nevergrad``: a Ray Tune ``Tuner`` with ``NevergradSearch`` (``ng.optimizers.NGOpt``,
+  budget N, num_workers = ray.max_concurrent, no predictor) over an ``ng.p.Array`` on the
+  space's unit cube (``space.from_unit`` maps a point to a candidate), FIFO scheduler, told
+  each trial's last reported segm AP. Constraints: the feasibility test (the analytic
+  MFLOPs / params of the point's candidate within ``constraints``) is registered on the
+  nevergrad parameter with ``register_cheap_constraint``, so nevergrad only proposes feasible
+  points (it re-asks up to 500 times; at the quickstart's limits about 79% of the unit cube
+  was feasible when this was written). Repair rule for the one case left, nevergrad giving
+  up and sending an infeasible point anyway: the trial fails without training
+  ("infeasible") and still counts as one of the N trials, as the optimizer spent it.
+- ``tune-asha``: a Ray Tune ``Tuner`` with the default random search (``BasicVariantGenerator``)
+  over ``tune.sample_from`` of a feasible unit point (uniform draws, rejected until feasible,
+  from ``numpy.random.default_rng((S, 3))``: a stream of its own, so it does not retrain the
+  ``random`` method's candidates) and ``ASHAScheduler`` with the experiment's
+  ``stage1.asha`` grace period and reduction factor (``max_t`` = ``stage1.max_iter``).
+
+Fairness rules:
+
+- One experiment for all: the quickstart's space (fbnetv3is_quick), constraints, base
+  config, dataset (shapes, generated under ``--work``) and Ray settings (2 CPUs, 1 per trial,
+  2 concurrent), with the same overrides (budget, ``seed S``) for every method. Trial configs
+  all come from ``Search.trial_config``: search trials at stage-1 fidelity (``"stage1"``: a
+  compressed copy of the candidate's schedule, ``stage1.max_iter / verify.max_iter`` of it),
+  verification at the verify budget (``"verify"``); every trial of seed S trains with
+  ``SEED`` S, so two methods that pick the same candidate train the same model.
+- Same number of real trials per (method, seed): N = ``stage1.rounds x
+  stage1.trials_per_round`` search trials, then k verification trials, k = the number NARS
+  verified for that seed (``verify.top_k`` = 2, fewer only when its predicted front is
+  smaller). The baselines verify their k best distinct candidates by last reported segm AP.
+  Asserted. ASHA-stopped trials count as whole trials (the "search iters" column shows the
+  iterations actually trained). Failed trials count too.
+- NARS's reference trial (FBNetV3_A_dsmask at the verify budget, outside the constraints at
+  3,031 MFLOPs) is not one of its k: it is shown as a reference line only.
+
+Metrics per (method, seed): best verified segm AP; hypervolume of the verified points in
+(segm AP up, MFLOPs down) with ``ref_cost = constraints.max_mflops`` and reference AP 0
+(``nars.search.pareto.hypervolume``, units AP x MFLOPs); best search-phase segm AP (last
+report of each search trial); trials and iterations trained; wall time. Medians over seeds
+per method, and the baselines' medians as ratios to NARS's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from nars.fileio import atomic_write_bytes, atomic_write_text
+from nars.search.driver import Search, ray_session, search
+from nars.search.experiment import load_experiment
+from nars.search.pareto import hypervolume
+from nars.search.stage1 import METRIC
+from nars.search.store import STORE_FILE, RunStore
+from search_spaces import SearchSpace, sample
+from search_spaces.sampling import Sample
+from search_spaces.space import canonical_id
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+METHODS = ("NARS", "random", "tune-nevergrad", "tune-asha")
+QUICK = [  # a tiny budget: the whole run in about 5 minutes on 2 cores
+    "stage1.rounds", "2", "stage1.trials_per_round", "2", "stage1.max_iter", "8", "stage1.eval_period", "4",
+    "stage1.asha.grace_period", "4", "stage1.asha.reduction_factor", "2", "stage1.pool_size", "256",
+    "stage1.pretrain_samples", "256", "stage2.budget", "1000", "stage2.batch_size", "250", "verify.max_iter", "16",
+    "dataset.shapes.size", "64", "dataset.shapes.val", "8",  # evaluation would dominate 8-iteration trials
+]
+QUICK_CONFIG = {  # pinned for every trial in --quick (the tests' tiny scale): 64 px images, 4 per batch
+    "INPUT.MIN_SIZE_TRAIN": [64], "INPUT.MAX_SIZE_TRAIN": 80, "INPUT.MIN_SIZE_TEST": 64, "INPUT.MAX_SIZE_TEST": 64,
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 16, "SOLVER.IMS_PER_BATCH": 4,
+}
+
+
+# -- the shared experiment ------------------------------------------------------------------
+def overrides_for(args: argparse.Namespace, work: Path) -> list[str]:
+    """Overrides every method runs with (the seed comes on top, per run)."""
+    data = work / ("shapes-quick" if args.quick else "shapes")
+    overrides = ["dataset.shapes.out", str(data), "verify.top_k", "2"]
+    if args.quick:  # the experiment's own pins stay; the quick ones go on top
+        pins = {**load_experiment(QUICKSTART)["config"], **QUICK_CONFIG}
+        overrides += [*QUICK, "config", json.dumps(pins)]
+    return overrides
+
+
+def experiment(overrides: list[str], seed: int) -> dict[str, Any]:
+    exp = load_experiment(QUICKSTART, [*overrides, "seed", str(seed)])
+    exp["workdir"] = os.getcwd()  # as nars.search.driver.search sets it
+    return exp
+
+
+def unit_candidate(space: SearchSpace, u: Any) -> dict[str, Any]:
+    """The candidate of a point of the unit cube (clipped into [0, 1), as stage 2 does)."""
+    return space.from_unit(np.clip(np.asarray(u, dtype=float), 0.0, np.nextafter(1.0, 0.0)))[0]
+
+
+def feasible(space: SearchSpace, candidate: Mapping[str, Any], constraints: Mapping[str, float | None]) -> bool:
+    mflops, params = space._cost(candidate)  # from_unit's candidates are canonical
+    return (constraints["max_mflops"] is None or mflops <= constraints["max_mflops"]) and (
+        constraints["max_params"] is None or params <= constraints["max_params"])
+
+
+class FeasiblePoint:
+    """nevergrad cheap constraint: the point's candidate meets the constraints (picklable)."""
+
+    def __init__(self, space: SearchSpace, constraints: Mapping[str, float | None]):
+        self.space, self.constraints = space, dict(constraints)
+
+    def __call__(self, value: Mapping[str, Any]) -> bool:
+        return feasible(self.space, unit_candidate(self.space, value["u"]), self.constraints)
+
+
+class FeasibleDraw:
+    """``tune.sample_from``: uniform points of the unit cube, rejected until feasible."""
+
+    def __init__(self, space: SearchSpace, constraints: Mapping[str, float | None], seed: int):
+        self.space, self.constraints = space, dict(constraints)
+        self.rng = np.random.default_rng((seed, 3))
+
+    def __call__(self, config: Any = None) -> list[float]:
+        for _ in range(100_000):
+            u = self.rng.random(self.space.unit_dims)
+            if feasible(self.space, unit_candidate(self.space, u), self.constraints):
+                return u.tolist()
+        raise RuntimeError("no feasible point in 100,000 uniform draws")
+
+
+# -- the Tune-driven baselines ----------------------------------------------------------------
+def tune_trial(config: dict[str, Any], job: Search, root: str, threads: int) -> None:
+    """Tune trainable of the baselines: the unit point's candidate, trained as ``run_trial`` does."""
+    import torch
+    from ray import tune
+
+    from nars.engine.trainer import train
+    from nars.errors import UserError
+    from nars.search.trials import _flat
+
+    torch.set_num_threads(threads)
+    candidate = unit_candidate(job.space, config["u"])
+    if not feasible(job.space, candidate, job.exp["constraints"]):
+        raise UserError(f"infeasible: {job.space._cost(candidate)} (MFLOPs, params) outside the constraints")
+    out = Path(root) / tune.get_context().get_trial_id()
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.time()
+
+    def on_eval(iteration: int, metrics: Mapping[str, Any]) -> None:
+        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **_flat(metrics)})
+
+    train(job.trial_config(candidate, "stage1"), out, progress=False, on_eval=on_eval)
+
+
+def _trial_name(trial: Any) -> str:
+    return trial.trial_id  # a unit point has 69 coordinates: keep them out of folder names
+
+
+def run_tune(job: Search, kind: str, seed: int, n: int, label: str) -> None:
+    """N search trials chosen by Tune (NevergradSearch + FIFO, or random + ASHA) into ``job.store``."""
+    import nevergrad as ng
+    from ray import tune
+    from ray.tune import Callback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.search.nevergrad import NevergradSearch
+
+    class Bar(Callback):
+        def __init__(self) -> None:
+            self.bar = tqdm(total=n, desc=label, unit="trial", dynamic_ncols=True, leave=False)
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {}
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.bar.update(1)
+
+        on_trial_error = on_trial_complete
+
+    exp, space = job.exp, job.space
+    ray_cfg, s1 = exp["ray"], exp["stage1"]
+    maker = copy.copy(job)
+    maker.__dict__.pop("store", None)  # the trainable needs the space and configs, not the store
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, job=maker, root=str(job.run_dir / "trials"),
+                             threads=max(1, math.floor(ray_cfg["cpus_per_trial"]))),
+        {"cpu": ray_cfg["cpus_per_trial"], "gpu": ray_cfg["gpus_per_trial"]},
+    )
+    if kind == "nevergrad":
+        param = ng.p.Dict(u=ng.p.Array(shape=(space.unit_dims,), lower=0.0, upper=1.0))
+        param.random_state = np.random.RandomState(seed)
+        param.register_cheap_constraint(FeasiblePoint(space, exp["constraints"]))
+        search_alg = NevergradSearch(optimizer=ng.optimizers.NGOpt,
+                                     optimizer_kwargs={"budget": n, "num_workers": ray_cfg["max_concurrent"]},
+                                     space=param, metric=METRIC, mode="max")
+        scheduler, param_space = FIFOScheduler(), None
+    else:
+        search_alg = BasicVariantGenerator(random_state=seed)  # the points come from FeasibleDraw's own stream
+        max_t = s1["max_iter"]  # a candidate's stage-1 iterations are at most this
+        scheduler = ASHAScheduler(time_attr="iteration", metric=METRIC, mode="max", max_t=max_t,
+                                  grace_period=min(s1["asha"]["grace_period"], max_t),
+                                  reduction_factor=s1["asha"]["reduction_factor"])
+        param_space = {"u": tune.sample_from(FeasibleDraw(space, exp["constraints"], seed))}
+    bar = Bar()
+    # reuse_actors=False: a fresh worker per trial, as run_trials does for NARS and the verifications
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=n,
+                                    max_concurrent_trials=ray_cfg["max_concurrent"], reuse_actors=False,
+                                    trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(name=f"{kind}-{int(time.time())}", storage_path=str(job.run_dir / "ray"),
+                                  callbacks=[bar], verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
+    )
+    try:
+        grid = tuner.fit()
+    finally:
+        bar.bar.close()
+    for result in grid:
+        tid = Path(result.path).name
+        if "u" not in (result.config or {}):  # never started: nothing to record but the error
+            job.store.add_trials([{"id": tid, "candidate_id": "", "stage": "stage1", "round": 0, "candidate": {}}])
+            job.store.finish(tid, "failed", None, error=str(result.error or "no config")[:2000])
+            continue
+        candidate = unit_candidate(space, result.config["u"])
+        mflops, params = space._cost(candidate)
+        job.store.add_trials([{"id": tid, "candidate_id": canonical_id(candidate), "stage": "stage1", "round": 0,
+                               "candidate": candidate, "mflops": mflops, "params": params,
+                               "max_iter": job.trial_config(candidate, "stage1")["SOLVER"]["MAX_ITER"]}])
+        frame = result.metrics_dataframe
+        history = []
+        if frame is not None and "iteration" in frame:
+            keep = [c for c in frame.columns if c in ("iteration", "wall_time") or c.startswith(("segm_", "bbox_"))]
+            history = [{k: int(v) if k == "iteration" else float(v) for k, v in report.items() if not math.isnan(v)}
+                       for report in frame[keep].dropna(subset=["iteration"]).to_dict("records")]
+        for report in history:
+            job.store.append_history(tid, report)
+        if result.error is not None or not history:
+            job.store.finish(tid, "failed", None, error=str(result.error or "no report")[:2000])
+            continue
+        last = history[-1]
+        status = "done" if last["iteration"] >= job.trial_config(candidate, "stage1")["SOLVER"]["MAX_ITER"] else "pruned"
+        job.store.finish(tid, status, {k: v for k, v in last.items() if k not in ("iteration", "wall_time")},
+                         wall_time=last.get("wall_time"))
+
+
+def verify_best(job: Search, k: int, label: str) -> None:
+    """Verify the k best distinct searched candidates (last reported segm AP) at the verify budget."""
+    trials = job.store.trials(stage="stage1")
+    if all(t["status"] == "failed" for t in trials):
+        raise RuntimeError(f"{label}: every search trial failed; the first error: {trials[0]['error']}")
+    trials = [t for t in trials if t["candidate"]]
+    ranked = sorted(trials, key=lambda t: -((t["metrics"] or {}).get(METRIC, -1.0)))  # failed ones last
+    picks: dict[str, Sample] = {}
+    for t in ranked:
+        if len(picks) < k and t["candidate_id"] not in picks:
+            picks[t["candidate_id"]] = Sample(t["candidate"], t["candidate_id"], t["mflops"], t["params"])
+    job.add(list(picks.values()), "verify", 0)
+    job.run_pending(job.store.trials(stage="verify", status="pending"), label, asha=False)
+
+
+def run_baseline(method: str, overrides: list[str], seed: int, run_dir: Path, k: int) -> None:
+    job = Search(experiment(overrides, seed), run_dir, progress=False)
+    s1 = job.exp["stage1"]
+    n = s1["rounds"] * s1["trials_per_round"]
+    run_dir.mkdir(parents=True)
+    job.store = RunStore(run_dir / STORE_FILE)
+    try:
+        if method == "random":
+            job.add(sample(job.space, n, method="uniform", seed=seed, **job.exp["constraints"]), "stage1", 0)
+            job.run_pending(job.store.trials(stage="stage1"), f"{method} seed {seed} search", asha=False)
+        else:
+            run_tune(job, {"tune-nevergrad": "nevergrad", "tune-asha": "random"}[method], seed, n,
+                     f"{method} seed {seed} search")
+        verify_best(job, k, f"{method} seed {seed} verification")
+    finally:
+        job.store.close()
+
+
+# -- results --------------------------------------------------------------------------------
+def _ap(trial: Mapping[str, Any]) -> float | None:
+    return (trial["metrics"] or {}).get(METRIC) if trial["status"] in ("done", "pruned") else None
+
+
+def summarize(run_dir: Path, max_mflops: float) -> dict[str, Any]:
+    """One (method, seed) run's figures, read back from its store."""
+    store = RunStore(run_dir / STORE_FILE)
+    try:
+        trials = store.trials()
+    finally:
+        store.close()
+    by_stage = {s: [t for t in trials if t["stage"] == s] for s in ("stage1", "verify", "reference")}
+    searched = [a for a in map(_ap, by_stage["stage1"]) if a is not None]
+    verified = [{"id": t["candidate_id"], "mflops": t["mflops"], "params": t["params"], "segm_AP": _ap(t),
+                 "status": t["status"]} for t in by_stage["verify"]]
+    points = [v for v in verified if v["segm_AP"] is not None]
+    ref = by_stage["reference"][0] if by_stage["reference"] else None
+    return {
+        "search_trials": len(by_stage["stage1"]),
+        "verify_trials": len(by_stage["verify"]),
+        "failed": sum(t["status"] == "failed" for t in trials if t["stage"] != "reference"),
+        "search_iters": sum(max((h["iteration"] for h in t["history"]), default=0) for t in by_stage["stage1"]),
+        "best_search_ap": max(searched, default=math.nan),
+        "best_verified_ap": max((v["segm_AP"] for v in points), default=math.nan),
+        "hypervolume": hypervolume([v["segm_AP"] for v in points], [v["mflops"] for v in points], ref_cost=max_mflops),
+        "verified": verified,
+        "reference": None if ref is None else {"mflops": ref["mflops"], "segm_AP": _ap(ref)},
+    }
+
+
+def _json(value: Any) -> Any:
+    """NaN (no measurement) as null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json(v) for v in value]
+    return value
+
+
+def _median(values: list[float]) -> float:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(values) if values else math.nan
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
+
+
+def table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+    lines = [("| method | seed | trials (search + verify) | search iters | best search segm AP | best verified segm AP "
+              "| hypervolume (AP x MFLOPs) | wall s |"), "|---|---|---|---|---|---|---|---|"]
+    medians: dict[str, dict[str, float]] = {}
+    for method in METHODS:
+        mine = [r for r in rows if r["method"] == method]
+        for r in mine:
+            lines.append(f"| {method} | {r['seed']} | {r['search_trials']} + {r['verify_trials']} | {r['search_iters']} "
+                         f"| {r['best_search_ap']:.4f} | {r['best_verified_ap']:.4f} | {r['hypervolume']:.2f} "
+                         f"| {r['wall_s']:.0f} |")
+        m = {key: _median([r[key] for r in mine]) for key in
+             ("search_iters", "best_search_ap", "best_verified_ap", "hypervolume", "wall_s")}
+        medians[method] = m
+        lines.append(f"| **{method}** | median | | {m['search_iters']:.0f} | {m['best_search_ap']:.4f} "
+                     f"| **{m['best_verified_ap']:.4f}** | **{m['hypervolume']:.2f}** | {m['wall_s']:.0f} |")
+    nars = medians["NARS"]
+    lines += ["", ("| method | median best verified AP / NARS's | median hypervolume / NARS's "
+                   "| median best search AP / NARS's |"), "|---|---|---|---|"]
+    for method in METHODS[1:]:
+        m = medians[method]
+        lines.append(f"| {method} | {_ratio(m['best_verified_ap'], nars['best_verified_ap'])} "
+                     f"| {_ratio(m['hypervolume'], nars['hypervolume'])} "
+                     f"| {_ratio(m['best_search_ap'], nars['best_search_ap'])} |")
+    refs = [r["reference"] for r in rows if r["method"] == "NARS" and r["reference"]]
+    if refs:
+        aps = " / ".join(f"{x['segm_AP']:.4f}" if x["segm_AP"] is not None else "failed" for x in refs)
+        median = _median([x["segm_AP"] for x in refs])
+        lines += ["", (f"Reference FBNetV3_A_dsmask at the verify budget (NARS runs, seeds {', '.join(map(str, seeds))}): "
+                       f"segm AP {aps} (median {median:.4f}), {refs[0]['mflops']:,.0f} MFLOPs.")]
+    return "\n".join(lines)
+
+
+def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float) -> None:
+    """Left: best verified segm AP per method (seeds as points, median as a bar). Right: every
+    verified point in (MFLOPs, segm AP); the reference FBNetV3_A_dsmask as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    refs = [r["reference"]["segm_AP"] for r in rows if r["method"] == "NARS" and r["reference"]
+            and r["reference"]["segm_AP"] is not None]
+    for i, method in enumerate(METHODS):
+        mine = [r for r in rows if r["method"] == method]
+        aps = [r["best_verified_ap"] for r in mine]
+        left.bar(i, _median(aps), color=colours[method], alpha=0.35, width=0.6)
+        left.scatter([i + (j - (len(aps) - 1) / 2) * 0.08 for j in range(len(aps))], aps, color=colours[method], zorder=3)
+        for r in mine:
+            pts = [v for v in r["verified"] if v["segm_AP"] is not None]
+            right.scatter([v["mflops"] for v in pts], [v["segm_AP"] for v in pts], color=colours[method], alpha=0.75,
+                          s=26, label=method if r is mine[0] else None)
+    top = max([r["best_verified_ap"] for r in rows if not math.isnan(r["best_verified_ap"])] + refs + [0.0])
+    for ax in (left, right):
+        upper = max(1.15 * top, 1e-3)
+        ax.set_ylim(-0.03 * upper, upper)
+        if refs:
+            ax.axhline(_median(refs), color="crimson", ls="--", lw=1,
+                       label="FBNetV3_A_dsmask, verify budget (median)" if ax is right else None)
+        ax.grid(alpha=0.3)
+    left.set(xticks=range(len(METHODS)), xticklabels=METHODS, ylabel="best verified segm AP",
+             title="best verified model per seed (bar: median)")
+    right.axvline(max_mflops, color="grey", ls=":", lw=1, label=f"max_mflops {max_mflops:g}")
+    right.set(xlabel="MFLOPs", ylabel="verified segm AP", title="verified models (hypervolume: AP x MFLOPs)")
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny budget: about 5 minutes on 2 cores")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work", help="folder for data, runs and results (default: a new temporary one)")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="nars-bench-search-")).resolve()
+    runs = {(m, s): work / "runs" / m / f"seed{s}" for m in METHODS for s in args.seeds}
+    taken = [str(p) for p in runs.values() if p.exists()]
+    if taken:
+        raise SystemExit(f"{taken[0]} exists: pick a new --work folder")
+    work.mkdir(parents=True, exist_ok=True)
+    overrides = overrides_for(args, work)
+    exp = experiment(overrides, args.seeds[0])  # checks the overrides before anything runs
+    s1, max_mflops = exp["stage1"], exp["constraints"]["max_mflops"]
+    n = s1["rounds"] * s1["trials_per_round"]
+    print(f"work {work}; commit {_commit()}; load before {os.getloadavg()[0]:.2f} (1-min average)")
+    print(f"experiment {QUICKSTART.name} + {' '.join(overrides)}: space {exp['space']}, constraints {exp['constraints']}, "
+          f"N = {n} search trials ({s1['max_iter']} it.), top_k {exp['verify']['top_k']} verified "
+          f"({exp['verify']['max_iter']} it.), seeds {args.seeds}")
+
+    start = time.time()
+    rows: list[dict[str, Any]] = []
+    verify_k: dict[int, int] = {}
+    bar = tqdm(total=len(runs), desc="method x seed", unit="run", dynamic_ncols=True)
+
+    def record(method: str, seed: int, wall: float) -> dict[str, Any]:
+        row = {"method": method, "seed": seed, "wall_s": wall, **summarize(runs[method, seed], max_mflops)}
+        rows.append(row)
+        bar.update(1)
+        tqdm.write(f"{method} seed {seed}: best verified segm AP {row['best_verified_ap']:.4f}, hypervolume "
+                   f"{row['hypervolume']:.2f}, {row['search_trials']} + {row['verify_trials']} trials, {wall:.0f} s")
+        return row
+
+    for seed in args.seeds:  # NARS first: its search opens and shuts its own Ray session
+        bar.set_postfix_str(f"NARS seed {seed}")
+        t0 = time.time()
+        search(str(QUICKSTART), [*overrides, "seed", str(seed)], out=str(runs["NARS", seed]), progress=False)
+        verify_k[seed] = record("NARS", seed, time.time() - t0)["verify_trials"]
+    with ray_session(exp["ray"]):  # one session for every baseline run
+        for seed in args.seeds:
+            for method in METHODS[1:]:
+                bar.set_postfix_str(f"{method} seed {seed}")
+                t0 = time.time()
+                run_baseline(method, overrides, seed, runs[method, seed], verify_k[seed])
+                record(method, seed, time.time() - t0)
+    bar.close()
+    wall = time.time() - start
+
+    for seed in args.seeds:
+        counts = {r["method"]: (r["search_trials"], r["verify_trials"]) for r in rows if r["seed"] == seed}
+        assert len(set(counts.values())) == 1 and counts["NARS"][0] == n, f"unequal budgets, seed {seed}: {counts}"
+    text = table(rows, args.seeds)
+    print(f"\n{text}\n")
+    print(f"wall time {wall / 60:.1f} min; load after {os.getloadavg()[0]:.2f}")
+    results = {
+        "mode": "quick" if args.quick else "full", "commit": _commit(), "experiment": str(QUICKSTART),
+        "overrides": overrides, "seeds": args.seeds, "search_trials": n, "verify_trials": verify_k,
+        "constraints": exp["constraints"], "wall_s": wall, "rows": rows, "table": text,
+    }
+    atomic_write_text(work / "results.json", json.dumps(_json(results), indent=2) + "\n")
+    plot(work / "search_efficiency.png", rows, max_mflops)
+    print(f"wrote {work / 'results.json'} and {work / 'search_efficiency.png'}")
+
+
+if __name__ == "__main__":
+    main()
