@@ -11,19 +11,21 @@ candidates trains only the new ones (Sobol draws are a prefix of the longer sequ
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
+from bench_search import QUICK_CONFIG
 from nars.search.driver import Search, ray_session
 from nars.search.experiment import load_experiment
 from nars.search.store import STORE_FILE, RunStore, load_run
 from search_spaces import sample
 
-QUICK = [  # a tiny budget for the --quick modes (<= 5 minutes on 2 cores)
-    "stage1.max_iter", "10", "stage1.eval_period", "5", "verify.max_iter", "40",
-    "stage1.pretrain_samples", "256",
+QUICK = [  # the --quick modes (<= 5 minutes on 2 cores): bench_search's tiny scale, 64 px images
+    "stage1.max_iter", "10", "stage1.eval_period", "5", "verify.max_iter", "40", "stage1.pretrain_samples", "256",
+    "dataset.shapes.size", "64", "dataset.shapes.val", "8",
 ]
 
 
@@ -31,8 +33,11 @@ def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: i
               experiment: str = "quickstart") -> pd.DataFrame:
     """Train the first ``n`` feasible Sobol candidates at each of ``stages`` ("stage1", "verify");
     one row per trained trial: candidate, stage, MFLOPs, params, metrics, history."""
-    overrides = [*(QUICK if quick else []), "seed", str(seed),
-                 "dataset.shapes.out", str((work / "data" / "shapes").resolve())]
+    data = work / "data" / ("shapes-quick" if quick else "shapes")
+    overrides = ["seed", str(seed), "dataset.shapes.out", str(data.resolve())]
+    if quick:
+        pins = {**load_experiment(experiment)["config"], **QUICK_CONFIG}
+        overrides += [*QUICK, "config", json.dumps(pins)]
     exp = load_experiment(experiment, overrides)
     run_dir = work / ("trials-quick" if quick else "trials")
     run_dir.mkdir(parents=True, exist_ok=True)
