@@ -97,6 +97,7 @@ def plot(path: Path, summary: dict, title: str) -> None:
         ax.fill_between(ns, [per_n[n]["q25"] for n in ns], [per_n[n]["q75"] for n in ns], color=line.get_color(),
                         alpha=0.12)
     ax.set(xscale="log", xlabel="training trials", ylabel="Kendall tau on held-out trials", title=title)
+    ax.minorticks_off()
     ax.set_xticks(sorted(next(iter(summary.values()))))
     ax.set_xticklabels([str(n) for n in sorted(next(iter(summary.values())))])
     ax.grid(alpha=0.3)
