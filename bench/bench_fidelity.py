@@ -18,15 +18,13 @@ Trials are kept in ``WORK/trials`` (``trials-quick``); ``bench_predictor.py`` wi
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
-from nars.fileio import atomic_write_bytes, atomic_write_text
+from nars.fileio import atomic_save_png, atomic_write_text
 from trial_set import train_set
 
 
@@ -69,11 +67,7 @@ def plot(path: Path, table: pd.DataFrame, stats: dict) -> None:
            ylabel=f"full-budget segm AP ({int(table['full_iter'].max())} it)",
            title=f"Early-stopping fidelity, {len(table)} candidates (tau {tau:.2f})")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_png(path, fig)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ Writes ``WORK/predictor.json`` and ``WORK/predictor.png``.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
@@ -30,7 +29,7 @@ import numpy as np
 from scipy.stats import kendalltau
 from tqdm import tqdm
 
-from nars.fileio import atomic_write_bytes, atomic_write_text
+from nars.fileio import atomic_save_png, atomic_write_text
 from nars.search.stage1 import pretrained_encoder
 from predictor import make_predictor
 from search_spaces import load_space
@@ -102,11 +101,7 @@ def plot(path: Path, summary: dict, title: str) -> None:
     ax.set_xticklabels([str(n) for n in sorted(next(iter(summary.values())))])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_png(path, fig)
 
 
 def main() -> None:

@@ -68,7 +68,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import io
 import json
 import math
 import os
@@ -84,7 +83,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from nars.fileio import atomic_write_bytes, atomic_write_text
+from nars.fileio import atomic_save_png, atomic_write_text
 from nars.search.driver import Search, ray_session, search
 from nars.search.experiment import load_experiment
 from nars.search.pareto import hypervolume
@@ -429,11 +428,7 @@ def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float) -> None:
     right.axvline(max_mflops, color="grey", ls=":", lw=1, label=f"max_mflops {max_mflops:g}")
     right.set(xlabel="MFLOPs", ylabel="verified segm AP", title="verified models (hypervolume: AP x MFLOPs)")
     right.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_png(path, fig)
 
 
 def _commit() -> str:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from nars.fileio import atomic_write_bytes
+from nars.fileio import atomic_save_png
 
 
 def pareto_mask(accuracy: Sequence[float], costs: Sequence[Sequence[float]] | Sequence[float]) -> np.ndarray:
@@ -61,8 +60,4 @@ def plot_front(
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_save_png(path, fig)
