@@ -17,7 +17,6 @@ Trials are kept in ``WORK/trials`` (``trials-quick``); ``bench_predictor.py`` wi
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import pandas as pd
 from scipy.stats import kendalltau, spearmanr
 
 from nars.fileio import atomic_save_png, atomic_write_text
-from trial_set import train_set
+from trial_set import arguments, train_set
 
 
 def fidelity_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -71,10 +70,7 @@ def plot(path: Path, table: pd.DataFrame, stats: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets, <= 5 minutes on 2 cores")
-    parser.add_argument("--candidates", type=int, help="candidates (default 16, --quick 12)")
-    parser.add_argument("--work", type=Path, default=Path("bench-work"), help="trials and outputs (default bench-work)")
+    parser = arguments(__doc__, full=16, quick=12)
     args = parser.parse_args()
     n = args.candidates or (12 if args.quick else 16)
     trials = train_set(args.work, n, ("stage1", "verify"), quick=args.quick)

@@ -21,7 +21,6 @@ Writes ``WORK/predictor.json`` and ``WORK/predictor.png``.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from nars.fileio import atomic_save_png, atomic_write_text
 from nars.search.stage1 import pretrained_encoder
 from predictor import make_predictor
 from search_spaces import load_space
-from trial_set import train_set
+from trial_set import arguments, train_set
 
 PREDICTORS = {  # label -> (kind, with the pretrained encoder)
     "MLP, proxy-pretrained (NARS)": ("mlp", True),
@@ -105,12 +104,9 @@ def plot(path: Path, summary: dict, title: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="tiny budgets, <= 5 minutes on 2 cores")
-    parser.add_argument("--candidates", type=int, help="trained candidates (default 48, --quick 24)")
+    parser = arguments(__doc__, full=48, quick=24)
     parser.add_argument("--repeats", type=int, help="random splits (default 10, --quick 3)")
     parser.add_argument("--stage", choices=("stage1", "verify"), default="stage1", help="the budget whose AP is the target")
-    parser.add_argument("--work", type=Path, default=Path("bench-work"), help="trials and outputs (default bench-work)")
     args = parser.parse_args()
     n = args.candidates or (24 if args.quick else 48)
     repeats = args.repeats or (3 if args.quick else 10)

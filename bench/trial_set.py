@@ -10,6 +10,7 @@ candidates trains only the new ones (Sobol draws are a prefix of the longer sequ
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 from pathlib import Path
@@ -58,3 +59,12 @@ def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: i
     trials = load_run(run_dir)["trials"]
     wanted = {p.id for p in picks}
     return trials[trials["candidate_id"].isin(wanted) & trials["stage"].isin(stages)].reset_index(drop=True)
+
+
+def arguments(doc: str, full: int, quick: int) -> argparse.ArgumentParser:
+    """The options every trial-set benchmark takes: --quick, --candidates, --work."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets, <= 5 minutes on 2 cores")
+    parser.add_argument("--candidates", type=int, help=f"trained candidates (default {full}, --quick {quick})")
+    parser.add_argument("--work", type=Path, default=Path("bench-work"), help="trials and outputs (default bench-work)")
+    return parser
