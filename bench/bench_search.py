@@ -14,8 +14,10 @@ images, 4 images a batch, pinned through the experiment's ``config``): under 5 m
 idle cores, mostly Ray starting trial workers. It checks the machinery; its APs are near zero
 and say nothing about the methods. Everything lands in ``--work`` (default: a new temporary
 folder): the shapes data, one run folder per method and seed (``runs/METHOD/seedS``:
-``nars.sqlite`` and each trial's training folder), ``results.json`` and
-``search_efficiency.png``. The markdown table is printed.
+``nars.sqlite``, each trial's training folder and, once finished, ``wall.json``),
+``results.json`` and ``search_efficiency.png``. The markdown table is printed. Run again
+with the same ``--work`` and it resumes: finished (method, seed) runs are read back, an
+unfinished one is cleared and run again.
 
 Methods, each run once per seed with the same budget of real training trials:
 
@@ -76,7 +78,8 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -447,9 +450,6 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="nars-bench-search-")).resolve()
     runs = {(m, s): work / "runs" / m / f"seed{s}" for m in METHODS for s in args.seeds}
-    taken = [str(p) for p in runs.values() if p.exists()]
-    if taken:
-        raise SystemExit(f"{taken[0]} exists: pick a new --work folder")
     work.mkdir(parents=True, exist_ok=True)
     overrides = overrides_for(args, work)
     exp = experiment(overrides, args.seeds[0])  # checks the overrides before anything runs
@@ -465,8 +465,20 @@ def main() -> None:
     verify_k: dict[int, int] = {}
     bar = tqdm(total=len(runs), desc="method x seed", unit="run", dynamic_ncols=True)
 
-    def record(method: str, seed: int, wall: float) -> dict[str, Any]:
-        row = {"method": method, "seed": seed, "wall_s": wall, **summarize(runs[method, seed], max_mflops)}
+    def record(method: str, seed: int, run: Callable[[], None]) -> dict[str, Any]:
+        """Run (method, seed) unless a previous invocation finished it, and summarize it."""
+        run_dir = runs[method, seed]
+        marker = run_dir / "wall.json"
+        if marker.exists():
+            wall = json.loads(marker.read_text())["wall_s"]
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts over
+            bar.set_postfix_str(f"{method} seed {seed}")
+            t0 = time.time()
+            run()
+            wall = time.time() - t0
+            atomic_write_text(marker, json.dumps({"wall_s": wall}) + "\n")
+        row = {"method": method, "seed": seed, "wall_s": wall, **summarize(run_dir, max_mflops)}
         rows.append(row)
         bar.update(1)
         tqdm.write(f"{method} seed {seed}: best verified segm AP {row['best_verified_ap']:.4f}, hypervolume "
@@ -474,17 +486,12 @@ def main() -> None:
         return row
 
     for seed in args.seeds:  # NARS first: its search opens and shuts its own Ray session
-        bar.set_postfix_str(f"NARS seed {seed}")
-        t0 = time.time()
-        search(str(QUICKSTART), [*overrides, "seed", str(seed)], out=str(runs["NARS", seed]), progress=False)
-        verify_k[seed] = record("NARS", seed, time.time() - t0)["verify_trials"]
+        verify_k[seed] = record("NARS", seed, partial(
+            search, str(QUICKSTART), [*overrides, "seed", str(seed)], out=str(runs["NARS", seed]), progress=False))["verify_trials"]
     with ray_session(exp["ray"]):  # one session for every baseline run
         for seed in args.seeds:
             for method in METHODS[1:]:
-                bar.set_postfix_str(f"{method} seed {seed}")
-                t0 = time.time()
-                run_baseline(method, overrides, seed, runs[method, seed], verify_k[seed])
-                record(method, seed, time.time() - t0)
+                record(method, seed, partial(run_baseline, method, overrides, seed, runs[method, seed], verify_k[seed]))
     bar.close()
     wall = time.time() - start
 
