@@ -19,8 +19,11 @@ import pytest
 import yaml
 
 from nars.cli import main
+from nars.search.driver import Search
+from nars.search.experiment import load_experiment
 from nars.search.pareto import hypervolume, pareto_mask
 from nars.search.store import RunStore, load_run
+from search_spaces import sample
 
 DATA = Path(__file__).parent / "data"
 NARS = [sys.executable, "-m", "nars.cli"]
@@ -205,3 +208,19 @@ def test_store_requeues_interrupted_trials(tmp_path):
     with pytest.raises(ValueError):
         store.finish("t2", "running")
     store.close()
+
+
+def test_trials_stretch_the_recipe_schedule_to_their_budget(tmp_path):
+    """Warmup and the EMA's horizon keep their share of training at every budget; the pick and
+    the reference train the same number of iterations."""
+    exp = load_experiment(_experiment(tmp_path, **{"stage1.max_iter": 10, "verify.max_iter": 40}))
+    job = Search({**exp, "workdir": str(tmp_path)}, tmp_path / "run", progress=False)
+    candidate = {**sample(job.space, 1, seed=0)[0].candidate, "warmup_iters": 100, "ema": True, "ema_decay": 0.99}
+    recipe = job.space.to_config(candidate, base=job.base)
+    assert (recipe["SOLVER"]["MAX_ITER"], recipe["MODEL_EMA"]["DECAY"]) == (400, 0.99)
+    for stage, iters, warmup in (("stage1", 10, 2), ("verify", 40, 10)):
+        cfg = job.trial_config(candidate, stage)
+        assert (cfg["SOLVER"]["MAX_ITER"], cfg["SOLVER"]["WARMUP_ITERS"]) == (iters, warmup)
+        assert cfg["MODEL_EMA"]["DECAY"] ** iters == pytest.approx(0.99**400)  # initial weights' final share
+    reference = job.space.references[exp["verify"]["reference"]]
+    assert job.trial_config(reference, "reference")["SOLVER"]["MAX_ITER"] == 40
