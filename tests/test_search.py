@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from nars.cli import main
-from nars.search.driver import Search
+from nars.search.driver import Search, _picks
 from nars.search.experiment import load_experiment
 from nars.search.pareto import hypervolume, pareto_mask
 from nars.search.store import RunStore, load_run
@@ -224,3 +224,14 @@ def test_trials_stretch_the_recipe_schedule_to_their_budget(tmp_path):
         assert cfg["MODEL_EMA"]["DECAY"] ** iters == pytest.approx(0.99**400)  # initial weights' final share
     reference = job.space.references[exp["verify"]["reference"]]
     assert job.trial_config(reference, "reference")["SOLVER"]["MAX_ITER"] == 40
+
+
+def test_verification_picks_the_best_predicted_the_incumbent_then_a_spread():
+    front = [{"id": f"f{i}", "mflops": m} for i, m in enumerate([90, 50, 70, 60, 80])]  # best predicted first
+    incumbent = {"id": "s1", "mflops": 230}
+    assert [p["id"] for p in _picks(front, incumbent, 1)] == ["f0"]
+    assert [p["id"] for p in _picks(front, incumbent, 2)] == ["f0", "s1"]
+    assert [p["id"] for p in _picks(front, incumbent, 4)] == ["f0", "s1", "f1", "f2"]  # MFLOPs 50, then 70
+    assert [p["id"] for p in _picks(front, None, 3)] == ["f0", "f1", "f2"]
+    assert [p["id"] for p in _picks(front, front[0], 2)] == ["f0", "f1"]  # the incumbent is on the front already
+    assert len(_picks(front, incumbent, 9)) == 6

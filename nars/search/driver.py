@@ -153,8 +153,10 @@ class Search:
     def verify(self, front: list[dict[str, Any]]) -> None:
         v = self.exp["verify"]
         if not self.store.trials(stage="verify"):
-            picks = _spread(front, v["top_k"])
-            self.add([_Pick(p) for p in picks], "verify", 0)
+            best = max(measured(self.store.trials(stage="stage1")), key=lambda t: t["metrics"][METRIC], default=None)
+            incumbent = None if best is None else {"id": best["candidate_id"], "candidate": best["candidate"],
+                                                   "mflops": best["mflops"], "params": best["params"]}
+            self.add([_Pick(p) for p in _picks(front, incumbent, v["top_k"])], "verify", 0)
             ref = self.space.references.get(v["reference"])
             if ref is not None:
                 cid = self.space.candidate_id(ref)
@@ -182,13 +184,16 @@ class _Pick:
         self.id, self.candidate, self.mflops, self.params = entry["id"], entry["candidate"], entry["mflops"], entry["params"]
 
 
-def _spread(front: list[dict[str, Any]], k: int) -> list[dict[str, Any]]:
-    """The best predicted AP, then the rest spread evenly along the front's MFLOPs."""
-    if len(front) <= k:
-        return front
-    rest = sorted(front[1:], key=lambda s: s["mflops"])
-    step = len(rest) / (k - 1) if k > 1 else 0
-    return [front[0]] + [rest[int(i * step)] for i in range(k - 1)]
+def _picks(front: list[dict[str, Any]], incumbent: dict[str, Any] | None, k: int) -> list[dict[str, Any]]:
+    """What verification trains: the best predicted AP; from k = 2 the incumbent (stage 1's best
+    measured candidate, which a predictor fitted on a handful of trials can rank below its own
+    extrapolations); the rest spread evenly along the front's MFLOPs."""
+    picks = front[:1]
+    if k > 1 and incumbent is not None and incumbent["id"] not in {p["id"] for p in picks}:
+        picks.append(incumbent)
+    rest = sorted((s for s in front if s["id"] not in {p["id"] for p in picks}), key=lambda s: s["mflops"])
+    n = min(k - len(picks), len(rest))
+    return picks + [rest[int(i * len(rest) / n)] for i in range(n)]
 
 
 def _scale_schedule(cfg: dict[str, Any], max_iter: int) -> None:
