@@ -7,7 +7,8 @@ counted), samples the memory of all of them once a second, and prints the measur
 with the reference FBNetV3_A_dsmask trained on the same budget. Memory is reported two ways:
 summed PSS (proportional set size: a page shared by k processes, such as torch's libraries
 mapped by every Ray worker, counts 1/k in each, so the sum is what the machine holds) and
-summed RSS (every shared page counted once per process: an overestimate).
+summed RSS (every shared page counted once per process: an overestimate). The largest
+processes at the PSS peak are listed, to show where the memory goes.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 
 
-def session_memory(sid: int) -> tuple[int, int]:
-    """Summed (PSS, RSS) in bytes of every process in session ``sid`` (Linux /proc)."""
-    pss = rss = 0
+def session_memory(sid: int) -> list[tuple[str, int, int]]:
+    """(name, PSS, RSS in bytes) of every process in session ``sid`` (Linux /proc)."""
+    rows = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -32,10 +33,12 @@ def session_memory(sid: int) -> tuple[int, int]:
                 continue
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1:] == ["kB"]}
-            pss, rss = pss + fields["Pss"] * 1024, rss + fields["Rss"] * 1024
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                name = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:60] or pid
+            rows.append((name, fields["Pss"] * 1024, fields["Rss"] * 1024))
         except (OSError, ValueError, IndexError, KeyError):
             continue
-    return pss, rss
+    return rows
 
 
 def main() -> None:
@@ -50,14 +53,21 @@ def main() -> None:
     proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=open(work / "search.log", "w"),
                             stderr=subprocess.STDOUT)
     peak_pss = peak_rss = 0
+    at_peak: tuple[float, list[tuple[str, int, int]]] = (0.0, [])
     while proc.poll() is None:
-        pss, rss = session_memory(proc.pid)
+        rows = session_memory(proc.pid)
+        pss, rss = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        if pss > peak_pss:
+            at_peak = (time.time() - start, rows)
         peak_pss, peak_rss = max(peak_pss, pss), max(peak_rss, rss)
         time.sleep(1.0)
     wall = time.time() - start
     print(f"command: nars search --out {work / 'run'} {' '.join(args.overrides)} (in {work})")
     print(f"exit code {proc.returncode}; wall time {wall / 60:.1f} min; peak memory of all processes: "
           f"PSS {peak_pss / 2**30:.2f} GiB, RSS {peak_rss / 2**30:.2f} GiB")
+    print(f"at the PSS peak ({at_peak[0] / 60:.1f} min in), the largest processes:")
+    for name, pss, rss in sorted(at_peak[1], key=lambda r: -r[1])[:6]:
+        print(f"  PSS {pss / 2**30:5.2f} GiB  RSS {rss / 2**30:5.2f} GiB  {name}")
     if proc.returncode:
         print((work / "search.log").read_text()[-3000:])
         sys.exit(1)
