@@ -93,6 +93,13 @@ def test_uncertainty_and_baselines_share_the_interface(space, encoder, task):
                 assert mean.shape == std.shape == (400, 1) and std.mean() > 0
 
 
+def test_constant_targets_predict_the_constant(space, encoder, task):
+    """Every stage-1 AP 0 teaches nothing: the predictor must not invent APs elsewhere."""
+    _, x, _ = task
+    model = MLPPredictor(space.arch_slice.stop, encoder=encoder, members=2, steps=100).fit(x[:4], np.zeros(4))
+    assert np.abs(model.predict(x[TEST])).max() < 1e-6
+
+
 class _Mean:
     name = "mean"
 
