@@ -1,6 +1,6 @@
 """Wall time and peak memory of the README's main job, ``nars search`` with no arguments.
 
-    .venv/bin/python bench/bench_quickstart.py [--work DIR] [KEY VALUE ...]
+    .venv/bin/python bench/bench_quickstart.py [--quick] [--work DIR] [KEY VALUE ...]
 
 Runs the search in a fresh folder (its own session, so that every Ray process it starts is
 counted), samples the memory of all of them once a second, and prints the measured front
@@ -20,6 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+QUICK = [  # --quick: the quickstart's machinery at a fraction of its budget (its APs mean little)
+    "stage1.rounds", "1", "stage1.trials_per_round", "2", "stage1.max_iter", "20", "stage1.eval_period", "20",
+    "stage1.asha.grace_period", "20", "stage2.budget", "4000", "verify.top_k", "1", "verify.max_iter", "40",
+]
 
 
 def session_memory(sid: int) -> list[tuple[str, int, int]]:
@@ -44,8 +50,12 @@ def session_memory(sid: int) -> list[tuple[str, int, int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", help="folder to run in (default: a new temporary one)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smaller search (1 round of 2 stage-1 trials, short budgets): a few minutes")
     parser.add_argument("overrides", nargs="*", help="experiment overrides, e.g. stage1.rounds 1")
     args = parser.parse_args()
+    if args.quick:  # the user's own overrides go on top
+        args.overrides = [*QUICK, *args.overrides]
     work = Path(args.work or tempfile.mkdtemp(prefix="nars-quickstart-"))
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "nars.cli", "search", "--out", str(work / "run"), *args.overrides]
