@@ -207,4 +207,4 @@ def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
     check_classes(cfg, dataset)
     loader = build_test_loader(dataset, 1, cfg["DATALOADER"]["NUM_WORKERS"], distributed=comm.get_world_size() > 1)
     evaluator = CocoEvaluator(dataset.json_path, dataset.label_to_category_id)
-    return inference_on_dataset(model.to(device), loader, evaluator, device)
+    return inference_on_dataset(comm.to_device(model, device), loader, evaluator, device)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from nars.engine.distributed import device_for
+from nars.engine.distributed import device_for, to_device
 from nars.engine.evaluator import instances_to_coco
 from nars.engine.loading import checkpoint_categories, load_run_weights
 from nars.errors import UserError
@@ -151,7 +151,7 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
     device = device_for(cfg["MODEL"]["DEVICE"])
     model = build_model(cfg)
     load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
-    model.to(device).eval()
+    to_device(model, device).eval()
     categories = read_categories(cfg, weights)
     label_to_id = {label: c["id"] for label, c in enumerate(categories, start=1)}
     names = [c["name"] for c in categories]

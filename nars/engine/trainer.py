@@ -145,7 +145,7 @@ def prepare(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool, world_
         load_resume_state(model, checkpoint, str(last))
     elif cfg["MODEL"]["WEIGHTS"]:
         load_run_weights(model, cfg["MODEL"]["WEIGHTS"], cfg["MODEL"]["WEIGHTS_EMA"], complete=False)
-    model.to(device)
+    comm.to_device(model, device)
     optimizer = build_optimizer(model, solver)
     scheduler = build_lr_scheduler(optimizer, solver)
     clipper = build_gradient_clipper(solver)
