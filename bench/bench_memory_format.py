@@ -46,9 +46,9 @@ def _sample(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, dict[str
                    "masks": masks.to(torch.uint8)}
 
 
-def _timed(fn) -> float:
+def _timed(fn, *args) -> float:
     start = time.perf_counter()
-    fn()
+    fn(*args)
     return time.perf_counter() - start
 
 
@@ -83,12 +83,12 @@ def main() -> None:
             model([batch[0][0]])
 
     results: dict[str, dict[str, list[float]]] = {"training step (1 thread, 2 images)": {}, "inference (2 threads, 1 image)": {}}
-    for (measure, times), (fn, threads) in zip(results.items(), [(train_step, 1), (infer, 2)], strict=True):
+    for times, (fn, threads) in zip(results.values(), [(train_step, 1), (infer, 2)], strict=True):
         torch.set_num_threads(threads)
         for r in range(3 + args.rounds):
             names = list(models) if r % 2 == 0 else list(models)[::-1]
             for name in names:
-                seconds = _timed(lambda: fn(name, batches[r % len(batches)]))
+                seconds = _timed(fn, name, batches[r % len(batches)])
                 if r >= 3:
                     times.setdefault(name, []).append(seconds)
     size = cfg["INPUT"]["MIN_SIZE_TRAIN"], cfg["INPUT"]["MIN_SIZE_TEST"]
