@@ -90,9 +90,10 @@ def test_checkpoint_of_another_architecture_lists_mismatches(tmp_path):
 
 def test_named_checkpoint_resolves_to_user_supplied_file(tmp_path, monkeypatch):
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-    with pytest.raises(UserError, match=r"save it as .*mask_rcnn_fbnetv3a_dsmask_C4\.pth .*NARS_WEIGHTS_DIR"):
-        load_weights(_model("FBNetV3_A_dsmask"), "FBNetV3a-DSMask-C4 COCO")
-    torch.save({"model": d2go_state_dict("FBNetV3_A_dsmask")}, tmp_path / NAMED_CHECKPOINTS["fbnetv3a-dsmask-c4 coco"][1])
+    with pytest.raises(UserError, match=r"mask_rcnn_fbnetv3a_dsmask_C4\.pth is missing; fetch d2go's checkpoint with "
+                                         r"`nars weights download 'FBNetV3a-DSMask-C4 COCO'`.*NARS_WEIGHTS_DIR"):
+        load_weights(_model("FBNetV3_A_dsmask"), "fbnetv3a-dsmask-c4 COCO")
+    torch.save({"model": d2go_state_dict("FBNetV3_A_dsmask")}, tmp_path / NAMED_CHECKPOINTS["fbnetv3a-dsmask-c4 coco"].filename)
     report = load_weights(_model("FBNetV3_A_dsmask"), "FBNetV3a-DSMask-C4 COCO")
     assert report.loaded == 362 and not report.missing
     with pytest.raises(UserError, match="is for MODEL.FBNET_V2.ARCH FBNetV3_A_dsmask, the config has FBNetV3_A"):

@@ -3,8 +3,9 @@
 A checkpoint is ``{"model": state_dict, "ema_state": ..., ...}`` (fvcore's layout, which
 NARS also writes) or a bare state dict. d2go names the RPN ``proposal_generator.rpn_head``
 where torchvision has ``rpn.head``; every other key already matches (see fbnetv3is.py).
-Named checkpoints (``FBNetV3a-DSMask-C4 COCO``) are files the user supplies: NARS never
-downloads.
+Named checkpoints (``FBNetV3a-DSMask-C4 COCO``) are d2go's model-zoo files in the weights
+folder; nothing downloads by itself: ``nars weights download NAME`` (nars.model.zoo) fetches
+one when asked, or the user saves it there.
 """
 
 from __future__ import annotations
@@ -24,11 +25,41 @@ from nars.errors import UserError
 WEIGHTS_DIR_ENV = "NARS_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "nars" / "weights"
 
-# name (case-insensitive) -> (architecture, file name expected in the weights folder)
-NAMED_CHECKPOINTS: dict[str, tuple[str, str]] = {
-    "fbnetv3a-dsmask-c4 coco": ("FBNetV3_A_dsmask", "mask_rcnn_fbnetv3a_dsmask_C4.pth"),
-    "fbnetv3a-c4 coco": ("FBNetV3_A", "mask_rcnn_fbnetv3a_C4.pth"),
+
+@dataclass(frozen=True)
+class NamedCheckpoint:
+    """One of d2go's released COCO Mask R-CNN checkpoints (80 classes), as NARS names it.
+
+    Checked against d2go (facebookresearch/d2go at f4ac156, 2024-11-01):
+    ``d2go/model_zoo/model_zoo.py`` lines 21-22 (``_ModelZooUrls.CONFIG_PATH_TO_URL_SUFFIX``)
+    map ``mask_rcnn_fbnetv3a_C4.yaml`` to ``268421013/model_final.pth`` and
+    ``mask_rcnn_fbnetv3a_dsmask_C4.yaml`` to ``268412271/model_0499999.pth``, under
+    ``MODEL_ZOO_STORAGE_PREFIX`` (``d2go/utils/launch_environment.py`` line 9); lines 50-51 of
+    ``MODEL_ZOO.md`` ("COCO Instance Segmentation") give the same ids and files, with box/mask
+    AP 23.05/20.71 (Mask-RCNN-FBNetV3A) and 21.76/19.97 (Mask-RCNN-FBNetV3A-dsmask); the two
+    ``configs/mask_rcnn_fbnetv3a*_C4.yaml`` set MODEL.FBNET_V2.ARCH FBNetV3_A / FBNetV3_A_dsmask.
+    d2go publishes no checksums: a download is checked by loading it whole (nars.model.zoo).
+    """
+
+    name: str  # as users write it; looked up case-insensitively
+    arch: str  # MODEL.FBNET_V2.ARCH
+    filename: str  # in the weights folder
+    d2go_config: str  # d2go's configs/<this>
+    zoo_path: str  # relative to the model zoo's base URL
+    box_ap: float  # COCO val2017, d2go's MODEL_ZOO.md
+    mask_ap: float
+
+
+NAMED_CHECKPOINTS: dict[str, NamedCheckpoint] = {
+    c.name.lower(): c
+    for c in (
+        NamedCheckpoint("FBNetV3a-DSMask-C4 COCO", "FBNetV3_A_dsmask", "mask_rcnn_fbnetv3a_dsmask_C4.pth",
+                        "mask_rcnn_fbnetv3a_dsmask_C4.yaml", "268412271/model_0499999.pth", 21.76, 19.97),
+        NamedCheckpoint("FBNetV3a-C4 COCO", "FBNetV3_A", "mask_rcnn_fbnetv3a_C4.pth",
+                        "mask_rcnn_fbnetv3a_C4.yaml", "268421013/model_final.pth", 23.05, 20.71),
+    )
 }
+
 _KEY_RENAMES = (("proposal_generator.rpn_head.", "rpn.head."), ("module.", ""))
 # Parts whose shape follows the class count; re-initialised when it differs.
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
@@ -52,22 +83,26 @@ def weights_dir() -> Path:
     return Path(os.environ.get(WEIGHTS_DIR_ENV, DEFAULT_WEIGHTS_DIR))
 
 
+def named_checkpoint(value: str) -> NamedCheckpoint | None:
+    return NAMED_CHECKPOINTS.get(value.strip().lower())
+
+
 def resolve_weights(value: str) -> tuple[Path, str | None]:
     """A path, or a named checkpoint; returns (file, the architecture the name implies)."""
-    named = NAMED_CHECKPOINTS.get(value.strip().lower())
+    named = named_checkpoint(value)
     if named is None:
         path = Path(value).expanduser()
         if not path.is_file():
             raise UserError(f"MODEL.WEIGHTS: checkpoint file {path} does not exist")
         return path, None
-    arch, filename = named
-    path = weights_dir() / filename
+    path = weights_dir() / named.filename
     if not path.is_file():
         raise UserError(
-            f"MODEL.WEIGHTS {value!r}: get d2go's model-zoo checkpoint of {filename.removesuffix('.pth')} "
-            f"and save it as {path} (or set {WEIGHTS_DIR_ENV} to the folder holding {filename}); NARS never downloads"
+            f"MODEL.WEIGHTS {value!r}: {path} is missing; fetch d2go's checkpoint with "
+            f"`nars weights download '{named.name}'`, or save it there yourself "
+            f"(or set {WEIGHTS_DIR_ENV} to the folder holding {named.filename})"
         )
-    return path, arch
+    return path, named.arch
 
 
 def read_checkpoint(path: Path) -> Mapping[str, Any]:
