@@ -17,12 +17,13 @@ from nars.commands import predictor as predictor_commands
 from nars.commands import search as search_commands
 from nars.commands import space as space_commands
 from nars.commands import train as train_commands
+from nars.commands import weights as weights_commands
 from nars.errors import UserError
 
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
 COMMAND_MODULES = (
     model_commands, data_commands, train_commands, eval_commands, predict_commands, space_commands, predictor_commands,
-    search_commands,
+    search_commands, weights_commands,
 )
 
 
