@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
             "POST_NMS_TOPK_TRAIN": 2000,
             "POST_NMS_TOPK_TEST": 30,
             "NMS_THRESH": 0.7,
+            "SMOOTH_L1_BETA": 0.0,
         },
         "ROI_HEADS": {
             "NUM_CLASSES": 80,
@@ -44,7 +45,12 @@ DEFAULTS: dict[str, Any] = {
             "SCORE_THRESH_TEST": 0.05,
             "NMS_THRESH_TEST": 0.5,
         },
-        "ROI_BOX_HEAD": {"POOLER_RESOLUTION": 6, "POOLER_SAMPLING_RATIO": 0, "POOLER_TYPE": "ROIAlignV2"},
+        "ROI_BOX_HEAD": {
+            "POOLER_RESOLUTION": 6,
+            "POOLER_SAMPLING_RATIO": 0,
+            "POOLER_TYPE": "ROIAlignV2",
+            "SMOOTH_L1_BETA": 0.0,
+        },
         "ROI_MASK_HEAD": {"POOLER_RESOLUTION": 14, "POOLER_SAMPLING_RATIO": 0, "POOLER_TYPE": "ROIAlignV2"},
     },
     "INPUT": {

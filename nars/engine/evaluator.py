@@ -1,7 +1,7 @@
 """COCO box and mask AP of FBNetV3IS detections, with pycocotools' COCOeval.
 
-- Detections become COCO results: boxes as ``[x, y, w, h]``, masks thresholded at 0.5 and
-  RLE-encoded, contiguous labels mapped back to the dataset's category ids.
+- Detections become COCO results: boxes as ``[x, y, w, h]``, masks thresholded as detectron2 does
+  (``>= 0.5``) and RLE-encoded, contiguous labels mapped back to the dataset's category ids.
 - Each process evaluates its shard of the images; results are gathered to the main
   process, which runs COCOeval, and the metrics are broadcast back to every process.
 - An image seen twice (the dataset replaces an unreadable image by the next one) counts
@@ -37,10 +37,10 @@ from nars.engine import distributed as comm
 from nars.engine.loading import load_run_weights
 from nars.errors import UserError
 from nars.model.fbnetv3is import build_model
+from nars.model.transform import binary_masks
 
 IOU_TYPES = ("bbox", "segm")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-MASK_THRESHOLD = 0.5
 
 Metrics = dict[str, dict[str, float | None]]
 
@@ -76,7 +76,7 @@ def instances_to_coco(output: Mapping[str, torch.Tensor], image_id: int,
     scores, labels = output["scores"].detach().cpu().tolist(), output["labels"].detach().cpu().tolist()
     rles: list[dict[str, Any] | None] = [None] * len(scores)
     if "masks" in output:
-        binary = (output["masks"].detach()[:, 0] > MASK_THRESHOLD).cpu().numpy().astype(np.uint8)
+        binary = binary_masks(output["masks"].detach()).cpu().numpy().astype(np.uint8)
         rles = mask_util.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
     results = []
     for box, score, label, rle in zip(xywh, scores, labels, rles):

@@ -33,7 +33,8 @@ from nars.engine.evaluator import instances_to_coco
 from nars.engine.loading import checkpoint_categories, load_run_weights
 from nars.errors import UserError
 from nars.fileio import atomic_write_bytes, atomic_write_text
-from nars.model.fbnetv3is import build_model
+from nars.model.fbnetv3is import FBNetV3IS, build_model
+from nars.model.transform import binary_masks
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def draw_overlay(image: Image.Image, output: Mapping[str, torch.Tensor], names: 
     order = output["scores"].argsort().tolist()
     labels = output["labels"].tolist()
     if "masks" in output:
-        masks = (output["masks"][:, 0] > 0.5).cpu().numpy()
+        masks = binary_masks(output["masks"]).cpu().numpy()
         for i in order:
             pixels[masks[i]] = (1 - MASK_ALPHA) * pixels[masks[i]] + MASK_ALPHA * np.array(_colour(labels[i]))
     canvas = Image.fromarray(pixels.round().clip(0, 255).astype(np.uint8))
@@ -106,7 +107,7 @@ def draw_overlay(image: Image.Image, output: Mapping[str, torch.Tensor], names: 
     return canvas
 
 
-def _read_rgb(path: Path) -> Image.Image | None:
+def read_rgb(path: Path) -> Image.Image | None:
     try:
         with Image.open(path) as im:
             return ImageOps.exif_transpose(im).convert("RGB")
@@ -135,6 +136,25 @@ class PredictionSummary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+def load_predictor(cfg: Mapping[str, Any], weights: str) -> tuple[FBNetV3IS, torch.device]:
+    """The config's model with every tensor of ``weights``, on its device, in eval mode."""
+    device = device_for(cfg["MODEL"]["DEVICE"])
+    model = build_model(cfg)
+    load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
+    return to_device(model, device).eval(), device
+
+
+def image_tensor(image: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as the model takes it: float [3, H, W] in [0, 1]."""
+    return torch.from_numpy(np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()).float().div_(255)
+
+
+@torch.no_grad()
+def run_image(model: FBNetV3IS, image: Image.Image, device: torch.device) -> dict[str, torch.Tensor]:
+    """One image's detections (on the CPU), in its own pixel coordinates."""
+    return {k: v.cpu() for k, v in model([image_tensor(image).to(device)])[0].items()}
+
+
 @torch.no_grad()
 def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], out_dir: str | Path,
             score_threshold: float = 0.5) -> PredictionSummary:
@@ -148,10 +168,7 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
         raise UserError(f"{out_dir}: exists and is not a folder")
     cfg = copy.deepcopy(dict(cfg))
     cfg["MODEL"]["ROI_HEADS"]["SCORE_THRESH_TEST"] = score_threshold  # the model drops lower scores itself
-    device = device_for(cfg["MODEL"]["DEVICE"])
-    model = build_model(cfg)
-    load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
-    to_device(model, device).eval()
+    model, device = load_predictor(cfg, weights)
     categories = read_categories(cfg, weights)
     label_to_id = {label: c["id"] for label, c in enumerate(categories, start=1)}
     names = [c["name"] for c in categories]
@@ -160,13 +177,12 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
     used: set[str] = set()
     summary = PredictionSummary(0, 0, 0, 0.0)
     for image_id, path in enumerate(paths, start=1):
-        image = _read_rgb(path)
+        image = read_rgb(path)
         if image is None:
             summary.skipped += 1
             continue
-        tensor = torch.from_numpy(np.asarray(image).transpose(2, 0, 1).copy()).float().div_(255).to(device)
         start = time.perf_counter()
-        output = {k: v.cpu() for k, v in model([tensor])[0].items()}
+        output = run_image(model, image, device)
         summary.seconds += time.perf_counter() - start
         summary.images += 1
         summary.detections += len(output["scores"])

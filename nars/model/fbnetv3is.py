@@ -15,9 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
-from torchvision.models.detection import MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
 from nars.errors import UserError
@@ -25,12 +23,19 @@ from nars.model.arch import TRUNK_OUTPUT_STRIDE, ArchSpec, Stage, resolve_arch
 from nars.model.blocks import NormFactory
 from nars.model.builder import build_stages
 from nars.model.norm import canonical_norm, freeze_norms, norm_factory
+from nars.model.rcnn import FBNetRoIHeads, FBNetRPN, SizeMajorAnchorGenerator
+from nars.model.transform import FBNetTransform
 
 FEATURE = "trunk3"
 
 
 class FBNetC4Backbone(nn.Module):
-    """The trunk: ``body.trunk0..3``; returns its stride-16 map as ``{"trunk3": x}``."""
+    """The trunk: ``body.trunk0..3``; returns its stride-16 map as ``{"trunk3": x}``.
+
+    Its strided convs pad, so any input size works: batches are not padded to a multiple
+    of the stride (detectron2's ``size_divisibility`` 0 for d2go's C4 backbone)."""
+
+    size_divisibility = 0
 
     def __init__(self, trunk: Sequence[Stage], norm: NormFactory, divisor: int = 8):
         super().__init__()
@@ -122,7 +127,8 @@ class MaskLogits(nn.Module):
     def __init__(self, in_channels: int, num_classes: int):
         super().__init__()
         self.mask_fcn_logits = nn.Conv2d(in_channels, num_classes, 1)
-        nn.init.normal_(self.mask_fcn_logits.weight, std=0.001)
+        # d2go's MaskRCNNConv1x1Predictor: MSRAFill (kaiming normal, fan_out), zero bias
+        nn.init.kaiming_normal_(self.mask_fcn_logits.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.mask_fcn_logits.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -149,24 +155,6 @@ class BackgroundMaskSlot(nn.Module):
         return torch.cat([logits.new_zeros(logits.shape[0], 1, *logits.shape[2:]), logits], dim=1)
 
 
-class SizeMajorAnchorGenerator(AnchorGenerator):
-    """detectron2's anchor order (size-major, then aspect ratio; no rounding), so the RPN
-    regressor's channels mean what they mean in d2go checkpoints."""
-
-    def generate_anchors(
-        self,
-        scales: Sequence[int],
-        aspect_ratios: Sequence[float],
-        dtype: torch.dtype = torch.float32,
-        device: torch.device = torch.device("cpu"),
-    ) -> torch.Tensor:
-        scales_t = torch.as_tensor(scales, dtype=dtype, device=device)
-        ratios = torch.as_tensor(aspect_ratios, dtype=dtype, device=device)
-        h = (scales_t[:, None] * torch.sqrt(ratios)[None, :]).reshape(-1)
-        w = (scales_t[:, None] / torch.sqrt(ratios)[None, :]).reshape(-1)
-        return torch.stack([-w, -h, w, h], dim=1) / 2
-
-
 class RoIPool(MultiScaleRoIAlign):
     """RoIAlign on the single C4 map at its known stride; ``aligned`` is detectron2's ROIAlignV2."""
 
@@ -177,55 +165,6 @@ class RoIPool(MultiScaleRoIAlign):
 
     def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor], image_shapes: Any = None) -> torch.Tensor:
         return roi_align(x[FEATURE], boxes, self.output_size, self.spatial_scale, self.sampling_ratio, self.aligned)
-
-
-class FBNetTransform(GeneralizedRCNNTransform):
-    """torchvision's resize-and-batch with detectron2's input conventions.
-
-    Images come in as RGB floats in [0, 1] (torchvision's convention); they are scaled to
-    0-255, flipped to BGR when ``input_format`` is BGR, and normalized with pixel mean/std
-    in 0-255 units, as d2go weights expect. Train and test sizes are separate.
-    """
-
-    def __init__(
-        self,
-        min_size_train: Sequence[int],
-        max_size_train: int,
-        min_size_test: int,
-        max_size_test: int,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        input_format: str = "BGR",
-        size_divisible: int = 32,
-    ):
-        if input_format.upper() not in ("RGB", "BGR"):
-            raise UserError(f"INPUT.FORMAT must be RGB or BGR, got {input_format!r}")
-        super().__init__(tuple(min_size_train), max_size_train, list(pixel_mean), list(pixel_std), size_divisible)
-        self._test_sizes = ((int(min_size_test),), int(max_size_test))
-        self.bgr = input_format.upper() == "BGR"
-
-    # torchvision reads min_size/max_size for both modes; these pick the mode's values.
-    @property
-    def min_size(self) -> tuple[int, ...]:
-        return self._train_sizes[0] if self.training else self._test_sizes[0]
-
-    @min_size.setter
-    def min_size(self, value: Sequence[int]) -> None:
-        self._train_sizes = (tuple(value), getattr(self, "_train_sizes", ((), 0))[1])
-
-    @property
-    def max_size(self) -> int:
-        return self._train_sizes[1] if self.training else self._test_sizes[1]
-
-    @max_size.setter
-    def max_size(self, value: int) -> None:
-        self._train_sizes = (self._train_sizes[0], int(value))
-
-    def normalize(self, image: torch.Tensor) -> torch.Tensor:
-        image = image * 255.0
-        if self.bgr:
-            image = image.flip(0)
-        return super().normalize(image)
 
 
 def iou_bounds(value: float | Sequence[float], key: str) -> tuple[float, float]:
@@ -240,7 +179,7 @@ def iou_bounds(value: float | Sequence[float], key: str) -> tuple[float, float]:
     return lower, upper
 
 
-class FBNetV3IS(MaskRCNN):
+class FBNetV3IS(GeneralizedRCNN):
     """Mask R-CNN with FBNet C4 trunk and heads. Every knob is an explicit argument."""
 
     def __init__(
@@ -260,9 +199,11 @@ class FBNetV3IS(MaskRCNN):
         rpn_pre_nms_topk: tuple[int, int] = (2000, 1000),
         rpn_post_nms_topk: tuple[int, int] = (2000, 30),
         rpn_nms_thresh: float = 0.7,
+        rpn_smooth_l1_beta: float = 0.0,
         roi_iou_thresholds: Sequence[float] = (0.5,),
         roi_batch_size_per_image: int = 512,
         roi_positive_fraction: float = 0.25,
+        box_smooth_l1_beta: float = 0.0,
         box_pooler_resolution: int = 6,
         mask_pooler_resolution: int = 14,
         pooler_sampling_ratio: tuple[int, int] = (0, 0),
@@ -282,47 +223,41 @@ class FBNetV3IS(MaskRCNN):
             raise UserError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {num_classes}")
         if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:
             raise UserError("MODEL.ANCHOR_GENERATOR: C4 has one feature map, so SIZES and ASPECT_RATIOS take one list each")
+        for key, beta in (("MODEL.RPN", rpn_smooth_l1_beta), ("MODEL.ROI_BOX_HEAD", box_smooth_l1_beta)):
+            if beta < 0:
+                raise UserError(f"{key}.SMOOTH_L1_BETA must be >= 0 (0: L1 loss), got {beta}")
         make_norm = norm_factory(norm, norm_groups)
         backbone = FBNetC4Backbone(arch.trunk, make_norm, width_divisor)
-        anchors = SizeMajorAnchorGenerator(tuple(tuple(s) for s in anchor_sizes), tuple(tuple(r) for r in aspect_ratios))
+        anchors = SizeMajorAnchorGenerator(anchor_sizes, aspect_ratios, TRUNK_OUTPUT_STRIDE)
         rpn_head = FBNetRPNHead(
             arch.rpn, backbone.out_channels, anchors.num_anchors_per_location()[0], make_norm, width_divisor
         )
-        box_head = FBNetBoxHead(arch.box_head, backbone.out_channels, make_norm, width_divisor)
-        mask_head = FBNetMaskHead(arch.mask_head, backbone.out_channels, num_classes, make_norm, width_divisor)
         rpn_low, rpn_high = iou_bounds(rpn_iou_thresholds, "MODEL.RPN.IOU_THRESHOLDS")
+        rpn = FBNetRPN(
+            anchors, rpn_head, rpn_high, rpn_low, rpn_batch_size_per_image, rpn_positive_fraction,
+            dict(training=rpn_pre_nms_topk[0], testing=rpn_pre_nms_topk[1]),
+            dict(training=rpn_post_nms_topk[0], testing=rpn_post_nms_topk[1]),
+            rpn_nms_thresh, smooth_l1_beta=rpn_smooth_l1_beta,
+        )
+        box_head = FBNetBoxHead(arch.box_head, backbone.out_channels, make_norm, width_divisor)
         roi_low, roi_high = iou_bounds(roi_iou_thresholds, "MODEL.ROI_HEADS.IOU_THRESHOLDS")
-        super().__init__(
-            backbone,
-            num_classes=None,
-            rpn_anchor_generator=anchors,
-            rpn_head=rpn_head,
-            rpn_pre_nms_top_n_train=rpn_pre_nms_topk[0],
-            rpn_pre_nms_top_n_test=rpn_pre_nms_topk[1],
-            rpn_post_nms_top_n_train=rpn_post_nms_topk[0],
-            rpn_post_nms_top_n_test=rpn_post_nms_topk[1],
-            rpn_nms_thresh=rpn_nms_thresh,
-            rpn_fg_iou_thresh=rpn_high,
-            rpn_bg_iou_thresh=rpn_low,
-            rpn_batch_size_per_image=rpn_batch_size_per_image,
-            rpn_positive_fraction=rpn_positive_fraction,
-            box_roi_pool=RoIPool(box_pooler_resolution, pooler_sampling_ratio[0], pooler_aligned[0]),
-            box_head=box_head,
-            box_predictor=FBNetBoxPredictor(box_head.out_channels, num_classes),
-            box_score_thresh=score_thresh_test,
-            box_nms_thresh=nms_thresh_test,
-            box_detections_per_img=detections_per_image,
-            box_fg_iou_thresh=roi_high,
-            box_bg_iou_thresh=roi_low,
-            box_batch_size_per_image=roi_batch_size_per_image,
-            box_positive_fraction=roi_positive_fraction,
+        roi_heads = FBNetRoIHeads(
+            RoIPool(box_pooler_resolution, pooler_sampling_ratio[0], pooler_aligned[0]),
+            box_head,
+            FBNetBoxPredictor(box_head.out_channels, num_classes),
+            roi_high, roi_low, roi_batch_size_per_image, roi_positive_fraction,
+            None,  # box regression weights: detectron2's (10, 10, 5, 5)
+            score_thresh_test, nms_thresh_test, detections_per_image,
             mask_roi_pool=RoIPool(mask_pooler_resolution, pooler_sampling_ratio[1], pooler_aligned[1]),
-            mask_head=mask_head,
+            mask_head=FBNetMaskHead(arch.mask_head, backbone.out_channels, num_classes, make_norm, width_divisor),
             mask_predictor=BackgroundMaskSlot(),
+            smooth_l1_beta=box_smooth_l1_beta,
         )
-        self.transform = FBNetTransform(
-            min_size_train, max_size_train, min_size_test, max_size_test, pixel_mean, pixel_std, input_format
+        transform = FBNetTransform(
+            min_size_train, max_size_train, min_size_test, max_size_test, pixel_mean, pixel_std, input_format,
+            size_divisibility=backbone.size_divisibility,
         )
+        super().__init__(backbone, rpn, roi_heads, transform)
         self.arch = arch
         self.num_classes = num_classes
         backbone.freeze(freeze_at)
@@ -358,9 +293,11 @@ def build_model(cfg: Mapping[str, Any]) -> FBNetV3IS:
         rpn_pre_nms_topk=(rpn["PRE_NMS_TOPK_TRAIN"], rpn["PRE_NMS_TOPK_TEST"]),
         rpn_post_nms_topk=(rpn["POST_NMS_TOPK_TRAIN"], rpn["POST_NMS_TOPK_TEST"]),
         rpn_nms_thresh=rpn["NMS_THRESH"],
+        rpn_smooth_l1_beta=rpn["SMOOTH_L1_BETA"],
         roi_iou_thresholds=roi["IOU_THRESHOLDS"],
         roi_batch_size_per_image=roi["BATCH_SIZE_PER_IMAGE"],
         roi_positive_fraction=roi["POSITIVE_FRACTION"],
+        box_smooth_l1_beta=m["ROI_BOX_HEAD"]["SMOOTH_L1_BETA"],
         box_pooler_resolution=m["ROI_BOX_HEAD"]["POOLER_RESOLUTION"],
         mask_pooler_resolution=m["ROI_MASK_HEAD"]["POOLER_RESOLUTION"],
         pooler_sampling_ratio=(m["ROI_BOX_HEAD"]["POOLER_SAMPLING_RATIO"], m["ROI_MASK_HEAD"]["POOLER_SAMPLING_RATIO"]),
