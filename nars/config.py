@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "MODEL": {
         "DEVICE": "cpu",
         "WEIGHTS": "",
-        "WEIGHTS_EMA": True,
+        "WEIGHTS_EMA": False,
         "PIXEL_MEAN": [103.53, 116.28, 123.675],
         "PIXEL_STD": [1.0, 1.0, 1.0],
         "FBNET_V2": {"ARCH": "FBNetV3_A_dsmask", "NORM": "naiveSyncBN", "NORM_GROUPS": 32, "WIDTH_DIVISOR": 8},

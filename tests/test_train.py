@@ -67,7 +67,8 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run(shapes, tmp_path, monk
     assert any(p.name.startswith("events.out.tfevents") for p in whole.iterdir())
     resolved = yaml.safe_load((whole / "config.yaml").read_text())
     assert resolved["SEED"] >= 0 and resolved["SOLVER"]["MAX_ITER"] == 8 and resolved["OUTPUT_DIR"] == str(whole)
-    assert set(json.loads((whole / "eval.json").read_text())) == {"bbox", "segm"}
+    # MODEL_EMA is on (the default): d2go evaluates the weights and their EMA copy
+    assert set(json.loads((whole / "eval.json").read_text())) == {"bbox", "segm", "ema_bbox", "ema_segm"}
     assert "segm AP" in capsys.readouterr().out
 
     step = Trainer.step

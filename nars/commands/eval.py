@@ -17,9 +17,11 @@ from nars.errors import UserError
 
 def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="CKPT",
-                        help="checkpoint to evaluate (required): a path or a named checkpoint; its EMA weights "
-                             "when it has them and MODEL.WEIGHTS_EMA is true")
-    parser.add_argument("--json", action="store_true", help='print one JSON object {"bbox": {...}, "segm": {...}}')
+                        help="checkpoint to evaluate (required): a path or a named checkpoint; its own weights "
+                             "(its EMA copy with MODEL.WEIGHTS_EMA true), and with MODEL_EMA.ENABLED its EMA "
+                             "copy as well (rows ema_bbox, ema_segm), as d2go evaluates")
+    parser.add_argument("--json", action="store_true",
+                        help='print one JSON object {"bbox": {...}, "segm": {...}[, "ema_bbox": ..., "ema_segm": ...]}')
 
 
 def register(sub: argparse._SubParsersAction) -> None:

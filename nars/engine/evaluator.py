@@ -12,6 +12,9 @@
   not a failure.
 - Like detectron2, the box of a mask result is not passed to the ``segm`` evaluation, so
   the mask's own area decides its size range.
+- As d2go's ``do_test``: a checkpoint's own (``"model"``) weights are evaluated, and with
+  ``MODEL_EMA.ENABLED`` its EMA copy too, reported as the kinds ``ema_bbox`` / ``ema_segm``.
+  A recipe with EMA delivers the averaged weights: :func:`recipe_metrics` picks them.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from torch import nn
 from nars.data.coco import CocoInstances, dataset_from_config
 from nars.data.loader import build_test_loader
 from nars.engine import distributed as comm
-from nars.engine.loading import load_run_weights
+from nars.engine.loading import checkpoint_has_ema, load_run_weights
 from nars.errors import UserError
 from nars.model.fbnetv3is import build_model
 from nars.model.transform import binary_masks
@@ -43,6 +46,17 @@ IOU_TYPES = ("bbox", "segm")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 Metrics = dict[str, dict[str, float | None]]
+EMA_PREFIX = "ema_"
+
+
+def with_ema(metrics: Metrics, ema: Metrics) -> Metrics:
+    """The model's metrics and its EMA copy's, as one dict (``segm`` and ``ema_segm`` ...)."""
+    return {**metrics, **{EMA_PREFIX + kind: values for kind, values in ema.items()}}
+
+
+def recipe_metrics(metrics: Metrics) -> Metrics:
+    """``bbox``/``segm`` of the weights a recipe delivers: the EMA copy's when it was evaluated."""
+    return {kind: metrics.get(EMA_PREFIX + kind, metrics[kind]) for kind in IOU_TYPES if kind in metrics}
 
 
 def load_coco_gt(json_path: str | Path) -> COCO:
@@ -198,13 +212,21 @@ def check_classes(cfg: Mapping[str, Any], dataset: CocoInstances) -> None:
 
 
 def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
-    """COCO AP of ``weights`` (its EMA copy when ``MODEL.WEIGHTS_EMA``) on ``DATASETS.TEST``;
-    each process of a distributed launch takes its shard."""
+    """COCO AP of ``weights`` on ``DATASETS.TEST``: its ``"model"`` weights (the EMA copy
+    instead when ``MODEL.WEIGHTS_EMA``), and its EMA copy as well when ``MODEL_EMA.ENABLED``
+    and it has one; each process of a distributed launch takes its shard."""
     device = comm.device_for(cfg["MODEL"]["DEVICE"])
     model = build_model(cfg)
-    load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
+    use_ema = cfg["MODEL"]["WEIGHTS_EMA"]
+    load_run_weights(model, weights, use_ema, complete=True)
     dataset = dataset_from_config(cfg, "TEST", train=False)
     check_classes(cfg, dataset)
     loader = build_test_loader(dataset, 1, cfg["DATALOADER"]["NUM_WORKERS"], distributed=comm.get_world_size() > 1)
     evaluator = CocoEvaluator(dataset.json_path, dataset.label_to_category_id)
-    return inference_on_dataset(comm.to_device(model, device), loader, evaluator, device)
+    model = comm.to_device(model, device)
+    result = inference_on_dataset(model, loader, evaluator, device)
+    if cfg["MODEL_EMA"]["ENABLED"] and not use_ema and checkpoint_has_ema(weights):
+        load_run_weights(model, weights, True, complete=True)
+        ema = inference_on_dataset(model, loader, evaluator, device)
+        result = Evaluation(with_ema(result.metrics, ema.metrics), result.images, result.seconds)
+    return result

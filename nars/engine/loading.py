@@ -64,3 +64,9 @@ def checkpoint_categories(value: str) -> list[dict[str, Any]] | None:
     path, _ = resolve_weights(value)
     categories = read_checkpoint(path).get("categories")
     return list(categories) if isinstance(categories, list) and categories else None
+
+
+def checkpoint_has_ema(value: str) -> bool:
+    """Whether a checkpoint holds an EMA copy (``"ema_state"``) besides its weights."""
+    path, _ = resolve_weights(value)
+    return bool(read_checkpoint(path).get("ema_state"))

@@ -44,7 +44,7 @@ from nars.engine import distributed as comm
 from nars.engine.checkpoint import FINAL, Checkpointer, capture_rng, periodic_name, restore_rng, seed_all
 from nars.engine.console import progress_bar
 from nars.engine.ema import ModelEMA
-from nars.engine.evaluator import CocoEvaluator, Evaluation, Metrics, check_classes, inference_on_dataset
+from nars.engine.evaluator import CocoEvaluator, Evaluation, Metrics, check_classes, inference_on_dataset, with_ema
 from nars.engine.events import EventWriter
 from nars.engine.loading import load_resume_state, load_run_weights
 from nars.engine.solver import GradientClipper, WarmupLR, build_gradient_clipper, build_lr_scheduler, build_optimizer
@@ -238,11 +238,11 @@ class Trainer:
         loader = build_test_loader(run.test_set, 1, run.cfg["DATALOADER"]["NUM_WORKERS"],
                                    distributed=comm.get_world_size() > 1)
         evaluator = CocoEvaluator(run.test_set.json_path, run.test_set.label_to_category_id)
-        if run.ema is not None:
+        result = inference_on_dataset(self.module, loader, evaluator, run.device)
+        if run.ema is not None:  # d2go evaluates the model, then its EMA copy
             with run.ema.applied_to(self.module):
-                result = inference_on_dataset(self.module, loader, evaluator, run.device)
-        else:
-            result = inference_on_dataset(self.module, loader, evaluator, run.device)
+                ema = inference_on_dataset(self.module, loader, evaluator, run.device)
+            result = Evaluation(with_ema(result.metrics, ema.metrics), result.images, result.seconds)
         self._report(iteration, result)
         return result.metrics
 
@@ -250,8 +250,9 @@ class Trainer:
         if not comm.is_main_process():
             return
         m = result.metrics
-        logger.info("iteration %d: bbox AP %s, segm AP %s (%d images, %.1f img/s)", iteration,
-                    _fmt(m["bbox"]["AP"]), _fmt(m["segm"]["AP"]), result.images, result.images_per_second)
+        ema = f" (EMA: bbox AP {_fmt(m['ema_bbox']['AP'])}, segm AP {_fmt(m['ema_segm']['AP'])})" if "ema_segm" in m else ""
+        logger.info("iteration %d: bbox AP %s, segm AP %s%s (%d images, %.1f img/s)", iteration,
+                    _fmt(m["bbox"]["AP"]), _fmt(m["segm"]["AP"]), ema, result.images, result.images_per_second)
         if self.writer is not None:
             self.writer.write(iteration, {**_flatten(m), "eval/images_per_second": result.images_per_second})
         if self.on_eval is not None:

@@ -6,9 +6,9 @@ detectron2's ``DefaultPredictor`` and its training mapper, so that a d2go checkp
 d2go's detections:
 
 - ``ResizeShortestEdge``: the new size is computed in floats and rounded with
-  ``int(x + 0.5)``; the image is resized as uint8 with an antialiased bilinear filter, which
-  on CPU is bit-exact with the PIL resize detectron2 uses (checked on the golden images).
-  On other devices the filter runs in float and is rounded: within one grey level of PIL.
+  ``int(x + 0.5)``; the image is resized as uint8 by PIL's antialiased bilinear filter, as
+  detectron2 does. Images on another device are resized there by torch's antialiased
+  bilinear filter in float, rounded: within one grey level of PIL.
   Training masks are resized nearest-neighbour (PIL's NEAREST, torch's ``nearest-exact``).
 - Batching pads only to the largest image of the batch (the C4 backbone's
   ``size_divisibility`` is 0), with zeros after normalization.
@@ -23,8 +23,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
@@ -51,11 +53,16 @@ def resized_shape(height: int, width: int, short_edge: int, max_size: int) -> tu
 
 
 def resize_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
-    """A uint8 ``[C, H, W]`` image resized as PIL's BILINEAR does (antialiased)."""
+    """A uint8 ``[C, H, W]`` image resized with PIL's BILINEAR filter (antialiased), as
+    detectron2's ``ResizeTransform`` does; by PIL itself on CPU (bit-exact; torch's uint8
+    antialiased kernel is off by one grey level on ~0.5% of the pixels of noisy images)."""
     if tuple(image.shape[-2:]) == size:
         return image
-    if image.device.type == "cpu":
-        return F.interpolate(image[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+    if image.device.type == "cpu" and image.shape[0] in (1, 3):
+        pixels = image.permute(1, 2, 0).numpy()
+        pil = Image.fromarray(pixels[:, :, 0] if image.shape[0] == 1 else pixels)
+        resized = np.asarray(pil.resize((size[1], size[0]), Image.BILINEAR))
+        return torch.from_numpy(resized.reshape(size[0], size[1], -1).transpose(2, 0, 1).copy())
     resized = F.interpolate(image[None].float(), size=size, mode="bilinear", antialias=True, align_corners=False)
     return resized[0].round_().clamp_(0, 255).to(torch.uint8)
 

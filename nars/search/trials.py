@@ -46,6 +46,7 @@ def run_trial(config: dict[str, Any], specs: Mapping[str, TrialSpec], threads: i
     import torch
     from ray import tune
 
+    from nars.engine.evaluator import recipe_metrics
     from nars.engine.trainer import train
 
     torch.set_num_threads(threads)
@@ -56,7 +57,8 @@ def run_trial(config: dict[str, Any], specs: Mapping[str, TrialSpec], threads: i
     start = time.time()
 
     def on_eval(iteration: int, metrics: Mapping[str, Any]) -> None:
-        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **_flat(metrics)})
+        # the candidate is scored by the weights its recipe delivers (EMA's when it keeps one)
+        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **_flat(recipe_metrics(metrics))})
 
     train(spec.cfg, out, progress=False, on_eval=on_eval)
 
