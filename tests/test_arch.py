@@ -3,7 +3,7 @@
 import pytest
 
 from nars.errors import UserError
-from nars.model.arch import REFERENCE_ARCHS, parse_arch, resolve_arch, round_channels
+from nars.model.arch import REFERENCE_ARCHS, BlockSpec, get_divisible_by, ir_widths, parse_arch, resolve_arch
 
 
 def _arch_with(block, part="box_head"):
@@ -66,5 +66,51 @@ def test_layout_rules():
         parse_arch({"trunk": []}, "bad")
 
 
-def test_round_channels():
-    assert [round_channels(v, 8) for v in (84, 83.9, 4, 20, 28, 112)] == [88, 80, 8, 24, 32, 112]
+@pytest.mark.parametrize(
+    "num, expected",
+    [
+        (18, 24),  # 16 is below 95% of 18: one divisor more (the SE width on mid 72)
+        (72 * 0.25, 24),
+        (35, 40),  # 32 < 0.95 * 35
+        (20, 24),  # 2.5 rounds half away from zero, to 3
+        (12, 16),
+        (28, 32),
+        (84, 88),
+        (83.9, 80),  # 80 >= 0.95 * 83.9
+        (16, 16),  # an exact multiple is kept
+        (112, 112),
+        (4, 8),  # 0.5 rounds up to one divisor
+        (3, 8),  # rounds to 0, which becomes one divisor
+        (0, 8),  # min_val defaults to the divisor
+    ],
+)
+def test_get_divisible_by_is_mobile_cvs(num, expected):
+    assert get_divisible_by(num, 8) == expected
+
+
+def test_get_divisible_by_min_val_and_no_divisor():
+    assert get_divisible_by(16, 8, min_val=32) == 32
+    assert get_divisible_by(0, 8, min_val=1) == 1
+    assert get_divisible_by(4, 8, min_val=4) == 8  # rounding comes first
+    assert get_divisible_by(19.7, 0) == 19  # no divisor: int(num), as mobile_cv
+    assert get_divisible_by(20, 16) == 32 and get_divisible_by(22, 4) == 24
+
+
+def _ir(c: int, e: float, se: bool = False) -> BlockSpec:
+    return BlockSpec("ir", 3, se, c, 1, 1, float(e))
+
+
+@pytest.mark.parametrize(
+    "cin, block, mid, se_mid, has_pw",
+    [
+        (24, _ir(24, 3, se=True), 72, 24, True),  # d2go: 24; make_divisible(0.25 * 72) gave 16
+        (20, _ir(20, 1), 24, None, True),  # e == 1, but 20 rounds to 24: the pw conv exists
+        (16, _ir(16, 1), 16, None, False),  # e == 1 on a multiple of 8: no pw conv
+        (36, _ir(36, 1.5), 56, None, True),
+        (52, _ir(28, 2, se=True), 104, 32, True),  # int(26) -> 24 < 0.95 * 26 -> 32
+        (112, _ir(112, 3, se=True), 336, 88, True),
+    ],
+)
+def test_ir_widths(cin, block, mid, se_mid, has_pw):
+    widths = ir_widths(cin, block, 8)
+    assert (widths.mid, widths.se_mid, widths.has_pw) == (mid, se_mid, has_pw)

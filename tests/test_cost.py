@@ -4,10 +4,12 @@ import random
 
 import pytest
 import torch
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nars.model.arch import parse_arch, resolve_arch
-from nars.model.cost import model_cost
+from nars.model.builder import build_stages
+from nars.model.cost import model_cost, stages_cost
 from nars.model.fbnetv3is import FBNetV3IS
 
 
@@ -31,7 +33,49 @@ def random_arch(seed: int):
     )
 
 
-ARCHS = [resolve_arch("FBNetV3_A"), resolve_arch("FBNetV3_A_dsmask")] + [random_arch(s) for s in range(4)]
+def _ir(k: int, c: int, s: int, n: int, e: float, se: bool = False) -> list:
+    return [f"ir_k{k}" + ("_se" if se else ""), c, s, n, {"e": e}]
+
+
+# Widths off the divisor's grid, e == 1 on them (pw present), fractional e, and SE widths
+# that the 95% rule bumps (int(72 / 4) = 18 -> 24, int(104 / 4) = 26 -> 32).
+ODD_ARCH = parse_arch(
+    {
+        "trunk": [
+            [["conv_k3", 20, 2, 1], _ir(3, 20, 1, 1, 1)],
+            [_ir(5, 36, 2, 1, 3, se=True), _ir(3, 36, 1, 2, 2, se=True)],
+            [_ir(3, 44, 2, 1, 1.5), _ir(5, 44, 1, 1, 1, se=True)],
+            [_ir(3, 76, 2, 1, 4, se=True), _ir(3, 76, 1, 2, 1)],
+        ],
+        "rpn": [[_ir(3, 76, 1, 1, 2.5, se=True)]],
+        "box_head": [[_ir(3, 100, 2, 1, 1), _ir(5, 130, 1, 1, 3, se=True)]],
+        "mask_head": [[_ir(3, 52, 1, 1, 1), _ir(3, 28, -2, 1, 2, se=True)]],
+    },
+    "odd",
+)
+
+
+def random_odd_arch(seed: int):
+    """Any widths from 12 to 120 and fractional expansions: the cost model must follow the builder."""
+    rng = random.Random(seed)
+
+    def block(s):
+        return _ir(rng.choice([3, 5]), rng.randint(12, 120), s, rng.randint(1, 2), rng.choice([1, 1.5, 2, 2.5, 3, 4]),
+                   se=rng.random() < 0.5)
+
+    trunk = [[["conv_k3", rng.randint(12, 24), 2, 1], block(1)]] + [[block(2), block(1)] for _ in range(3)]
+    return parse_arch(
+        {"trunk": trunk, "rpn": [[block(1)]], "box_head": [[block(2), block(1)]], "mask_head": [[block(1), block(-2)]]},
+        f"random_odd{seed}",
+    )
+
+
+ARCHS = (
+    [resolve_arch("FBNetV3_A"), resolve_arch("FBNetV3_A_dsmask")]
+    + [random_arch(s) for s in range(4)]
+    + [ODD_ARCH]
+    + [random_odd_arch(s) for s in range(2)]
+)
 
 
 def _flops(module, *inputs) -> float:
@@ -70,3 +114,22 @@ def test_total_counts_rois():
     one = model_cost(arch, rois=1, mask_rois=1).mflops
     many = model_cost(arch, rois=30, mask_rois=10).mflops
     assert many["total"] - one["total"] == pytest.approx(29 * one["box_head_per_roi"] + 9 * one["mask_head_per_roi"])
+
+
+@pytest.mark.parametrize("divisor", [4, 8, 16])
+@pytest.mark.parametrize("arch", [ODD_ARCH, random_odd_arch(0)], ids=lambda a: a.name)
+def test_stage_costs_equal_the_builders_exactly_for_any_divisor(arch, divisor):
+    """Builder and cost model read one width rule (arch.ir_widths), whatever the divisor:
+    parameters and multiply-adds agree to the unit."""
+    feat = None
+    for part, size in (("trunk", (64, 96)), ("box_head", (6, 6)), ("mask_head", (14, 14))):
+        stages, cin = arch.part(part), feat or 3  # the heads run on pooled RoIs of the trunk's output
+        modules, cout = build_stages(stages, cin, nn.BatchNorm2d, divisor)
+        cost, cost_out, _, _ = stages_cost(stages, cin, *size, divisor)
+        model = nn.Sequential(*modules).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.rand(1, cin, *size))
+        assert cost_out == cout, part
+        assert cost.params == sum(p.numel() for p in model.parameters()), part
+        assert 2 * cost.macs == counter.get_total_flops(), part
+        feat = feat or cout

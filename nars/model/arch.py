@@ -9,6 +9,7 @@ upsample. Only the first block of a repeated spec carries the stride.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
@@ -71,14 +72,47 @@ class ArchSpec:
         return {p: [[b.to_data() for b in stage] for stage in self.part(p)] for p in PARTS}
 
 
-def round_channels(value: float, divisor: int = 8) -> int:
-    """Round to the nearest multiple of ``divisor`` (half up), never below ``divisor``.
+def _py2_round(x: float) -> int:
+    """Round half away from zero (Python 2's ``round``), as mobile_cv's ``py2_round``."""
+    return math.floor(x + 0.5) if x >= 0.0 else math.ceil(x - 0.5)
 
-    mobile_cv's ``get_divisible_by``: channels stay friendly to vectorised kernels.
+
+def get_divisible_by(num: float, divisor: int, min_val: int | None = None) -> int:
+    """mobile_cv's ``arch.utils.helper.get_divisible_by``, line for line.
+
+    An exact multiple of ``divisor`` (or any ``num`` when ``divisor <= 0``) is kept as is;
+    otherwise the nearest multiple (half away from zero, at least one ``divisor``), plus one
+    more ``divisor`` if that fell below 95% of ``num``; never below ``min_val`` (default
+    ``divisor``). Faithful so that widths, checkpoints and costs match d2go's.
     """
-    if divisor <= 0:
-        return max(1, int(value))
-    return max(divisor, int(value / divisor + 0.5) * divisor)
+    ret = int(num)
+    if min_val is None:
+        min_val = divisor
+    if divisor > 0 and num % divisor != 0:
+        ret = int((_py2_round(num / divisor) or 1) * divisor)
+        if ret < 0.95 * num:
+            ret += divisor
+    return max(ret, min_val)
+
+
+@dataclass(frozen=True)
+class IRWidths:
+    """The inner widths of an inverted residual block, as mobile_cv's IRFBlock sets them."""
+
+    mid: int  # width of the depthwise conv (the expanded width)
+    se_mid: int | None  # squeeze width of the SE, None without SE
+    has_pw: bool  # the pw expand conv exists only when the rounded mid width differs from the input
+
+
+def ir_widths(in_channels: int, spec: BlockSpec, divisor: int) -> IRWidths:
+    """Mid width ``get_divisible_by(in * e)``, SE width ``get_divisible_by(int(mid / 4))``.
+
+    One place for the builder and the cost model. The block's out_channels are used as
+    written: mobile_cv rounds them only when ``width_ratio != 1``, never the case here.
+    """
+    mid = get_divisible_by(in_channels * spec.expansion, divisor)
+    se_mid = get_divisible_by(int(mid * 0.25), divisor) if spec.se else None
+    return IRWidths(mid, se_mid, mid != in_channels)
 
 
 def parse_block(data: Any, where: str) -> BlockSpec:

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from nars.model.arch import round_channels
+from nars.model.arch import BlockSpec, ir_widths
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -39,11 +39,10 @@ class ConvNormAct(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """Global pool, 1x1 conv + ReLU to ``make_divisible(0.25 * C, 8)``, 1x1 conv + sigmoid gate."""
+    """Global pool, 1x1 conv + ReLU to ``mid`` channels, 1x1 conv + sigmoid gate."""
 
-    def __init__(self, channels: int, divisor: int = 8):
+    def __init__(self, channels: int, mid: int):
         super().__init__()
-        mid = round_channels(channels * 0.25, divisor)
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.se = nn.Sequential(
             ConvNormAct(channels, mid, bias=True),
@@ -56,29 +55,19 @@ class SqueezeExcite(nn.Module):
 
 
 class InvertedResidual(nn.Module):
-    """pw expand (absent when e == 1) -> [x2 upsample] -> KxK dw -> [SE] -> pwl project (+ skip)."""
+    """pw expand (absent when the mid width equals the input's) -> [x2 upsample] -> KxK dw
+    -> [SE] -> pwl project (+ skip). Widths from ``arch.ir_widths``, shared with the cost model."""
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel: int,
-        stride: int,
-        expansion: float,
-        se: bool,
-        norm: NormFactory,
-        divisor: int = 8,
-    ):
+    def __init__(self, in_channels: int, spec: BlockSpec, norm: NormFactory, divisor: int = 8):
         super().__init__()
-        mid = round_channels(in_channels * expansion, divisor)
-        self.pw = ConvNormAct(in_channels, mid, norm=norm) if expansion != 1 else None
-        if self.pw is None:
-            mid = in_channels
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest") if stride == -2 else None
-        self.dw = ConvNormAct(mid, mid, kernel, stride=max(stride, 1), groups=mid, relu=False)
-        self.se = SqueezeExcite(mid, divisor) if se else None
-        self.pwl = ConvNormAct(mid, out_channels, norm=norm, relu=False)
-        self.use_residual = stride == 1 and in_channels == out_channels
+        widths = ir_widths(in_channels, spec, divisor)
+        mid = widths.mid
+        self.pw = ConvNormAct(in_channels, mid, norm=norm) if widths.has_pw else None
+        self.upsample = nn.Upsample(scale_factor=2, mode="nearest") if spec.stride == -2 else None
+        self.dw = ConvNormAct(mid, mid, spec.kernel, stride=max(spec.stride, 1), groups=mid, relu=False)
+        self.se = SqueezeExcite(mid, widths.se_mid) if widths.se_mid is not None else None
+        self.pwl = ConvNormAct(mid, spec.out_channels, norm=norm, relu=False)
+        self.use_residual = spec.stride == 1 and in_channels == spec.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x

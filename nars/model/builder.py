@@ -10,17 +10,20 @@ from typing import Sequence
 
 from torch import nn
 
-from nars.model.arch import BlockSpec, Stage, blocks, round_channels
+from nars.model.arch import BlockSpec, Stage, blocks
 from nars.model.blocks import ConvNormAct, InvertedResidual, NormFactory
 
 
 def build_block(spec: BlockSpec, in_channels: int, norm: NormFactory, divisor: int) -> tuple[nn.Module, int]:
-    """One single (non-repeated) block and its output channels."""
-    out = round_channels(spec.out_channels, divisor)
+    """One single (non-repeated) block and its output channels.
+
+    out_channels are taken as written, as mobile_cv does at width_ratio 1; ``divisor``
+    rounds only an inverted residual's inner (mid, SE) widths.
+    """
+    out = spec.out_channels
     if spec.kind == "conv":
         return ConvNormAct(in_channels, out, spec.kernel, spec.stride, bias=True, norm=norm), out
-    block = InvertedResidual(in_channels, out, spec.kernel, spec.stride, spec.expansion, spec.se, norm, divisor)
-    return block, out
+    return InvertedResidual(in_channels, spec, norm, divisor), out
 
 
 def build_stages(

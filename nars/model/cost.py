@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from nars.model.arch import ArchSpec, BlockSpec, Stage, blocks, round_channels
+from nars.model.arch import ArchSpec, BlockSpec, Stage, blocks, ir_widths
 
 
 @dataclass
@@ -40,15 +40,15 @@ def _out_size(size: int, kernel: int, stride: int) -> int:
 
 def block_cost(spec: BlockSpec, cin: int, h: int, w: int, divisor: int) -> tuple[PartCost, int, int, int]:
     """Cost of one single block; returns (cost, out channels, out h, out w)."""
-    cout = round_channels(spec.out_channels, divisor)
+    cout = spec.out_channels  # as written: mobile_cv rounds only inner widths at width_ratio 1
     k2 = spec.kernel * spec.kernel
     if spec.kind == "conv":
         ho, wo = _out_size(h, spec.kernel, spec.stride), _out_size(w, spec.kernel, spec.stride)
         return PartCost(cin * cout * k2 + cout + 2 * cout, ho * wo * cout * cin * k2), cout, ho, wo
     params = macs = 0
-    mid = cin
-    if spec.expansion != 1:
-        mid = round_channels(cin * spec.expansion, divisor)
+    widths = ir_widths(cin, spec, divisor)
+    mid = widths.mid
+    if widths.has_pw:
         params += cin * mid + 2 * mid
         macs += h * w * cin * mid
     if spec.stride == -2:
@@ -56,8 +56,8 @@ def block_cost(spec: BlockSpec, cin: int, h: int, w: int, divisor: int) -> tuple
     ho, wo = _out_size(h, spec.kernel, max(spec.stride, 1)), _out_size(w, spec.kernel, max(spec.stride, 1))
     params += mid * k2
     macs += ho * wo * mid * k2
-    if spec.se:
-        se_mid = round_channels(mid * 0.25, divisor)
+    if widths.se_mid is not None:
+        se_mid = widths.se_mid
         params += 2 * mid * se_mid + se_mid + mid
         macs += 2 * mid * se_mid
     params += mid * cout + 2 * cout
