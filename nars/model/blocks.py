@@ -2,6 +2,9 @@
 
 The inverted residual ("IRF") uses ``dw_skip_bnrelu=True`` and ``less_se_channels=False``:
 no norm or activation after the depthwise conv, ReLU everywhere, sigmoid SE gate.
+Initialisation is mobile_cv's too (``basic_blocks._init_conv_weight``): every conv built
+as a ConvBNRelu gets Kaiming-normal (fan_out, ReLU) weights and zero biases; the SE's
+second conv keeps PyTorch's default; norms start at weight 1, bias 0 (PyTorch's default).
 """
 
 from __future__ import annotations
@@ -14,6 +17,13 @@ from torch import nn
 from nars.model.arch import BlockSpec, ir_widths
 
 NormFactory = Callable[[int], nn.Module]
+
+
+def init_conv(conv: nn.Conv2d) -> None:
+    """mobile_cv's default ``kaiming_normal`` init: He-normal over fan_out, zero bias."""
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
 
 
 class ConvNormAct(nn.Sequential):
@@ -32,6 +42,7 @@ class ConvNormAct(nn.Sequential):
     ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel, stride, kernel // 2, groups=groups, bias=bias)
+        init_conv(self.conv)
         if norm is not None:
             self.bn = norm(out_channels)
         if relu:
@@ -39,7 +50,10 @@ class ConvNormAct(nn.Sequential):
 
 
 class SqueezeExcite(nn.Module):
-    """Global pool, 1x1 conv + ReLU to ``mid`` channels, 1x1 conv + sigmoid gate."""
+    """Global pool, 1x1 conv + ReLU to ``mid`` channels, 1x1 conv + sigmoid gate.
+
+    The second conv keeps PyTorch's default init: mobile_cv builds it with ``weight_init=None``.
+    """
 
     def __init__(self, channels: int, mid: int):
         super().__init__()
