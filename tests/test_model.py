@@ -218,6 +218,8 @@ def test_freeze_at_leaves_frozen_stages_bit_identical(tiny_cfg, freeze_at):
         (["MODEL.ROI_BOX_HEAD.POOLER_TYPE", "ROIPool"], "MODEL.ROI_BOX_HEAD.POOLER_TYPE: unknown pooler"),
         (["MODEL.ROI_HEADS.NUM_CLASSES", "0"], "NUM_CLASSES must be >= 1"),
         (["INPUT.FORMAT", "YUV"], "INPUT.FORMAT must be RGB or BGR"),
+        (["MODEL.FBNET_V2.WIDTH_DIVISOR", "0"], "WIDTH_DIVISOR must be >= 1"),
+        (["MODEL.RPN.SMOOTH_L1_BETA", "-0.1"], "MODEL.RPN.SMOOTH_L1_BETA must be >= 0"),
     ],
 )
 def test_bad_knob_values(tiny_cfg, overrides, message):

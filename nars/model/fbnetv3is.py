@@ -223,6 +223,8 @@ class FBNetV3IS(GeneralizedRCNN):
             raise UserError(f"MODEL.ROI_HEADS.NUM_CLASSES must be >= 1, got {num_classes}")
         if len(anchor_sizes) != 1 or len(aspect_ratios) != 1:
             raise UserError("MODEL.ANCHOR_GENERATOR: C4 has one feature map, so SIZES and ASPECT_RATIOS take one list each")
+        if width_divisor < 1:
+            raise UserError(f"MODEL.FBNET_V2.WIDTH_DIVISOR must be >= 1 (1: no rounding), got {width_divisor}")
         for key, beta in (("MODEL.RPN", rpn_smooth_l1_beta), ("MODEL.ROI_BOX_HEAD", box_smooth_l1_beta)):
             if beta < 0:
                 raise UserError(f"{key}.SMOOTH_L1_BETA must be >= 0 (0: L1 loss), got {beta}")
