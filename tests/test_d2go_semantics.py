@@ -9,7 +9,6 @@ detectron2's rules worked out by hand.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
