@@ -87,6 +87,14 @@ def paste_masks(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Te
     return out
 
 
+def scale_boxes(boxes: Tensor, scale_x: float, scale_y: float) -> Tensor:
+    """XYXY boxes scaled per axis (detectron2's ``Boxes.scale``), as a new tensor."""
+    boxes = boxes.clone()
+    boxes[:, 0::2] *= scale_x
+    boxes[:, 1::2] *= scale_y
+    return boxes
+
+
 def nonempty(boxes: Tensor) -> Tensor:
     """detectron2's ``Boxes.nonempty()``: positive width and height."""
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
@@ -187,10 +195,7 @@ class FBNetTransform(nn.Module):
             return results
         out = []
         for result, (h, w), (h0, w0) in zip(results, image_sizes, original_sizes):
-            boxes = result["boxes"].clone()
-            boxes[:, 0::2] *= w0 / w
-            boxes[:, 1::2] *= h0 / h
-            boxes = box_ops.clip_boxes_to_image(boxes, (h0, w0))
+            boxes = box_ops.clip_boxes_to_image(scale_boxes(result["boxes"], w0 / w, h0 / h), (h0, w0))
             keep = nonempty(boxes)
             result = {k: v[keep] for k, v in result.items()}
             result["boxes"] = boxes[keep]
@@ -206,10 +211,7 @@ def _resize_target(target: dict[str, Tensor], old: tuple[int, int], new: tuple[i
     (h, w), (nh, nw) = old, new
     if (h, w) == (nh, nw):
         return target
-    boxes = target["boxes"].clone()
-    boxes[:, 0::2] *= nw / w
-    boxes[:, 1::2] *= nh / h
-    target["boxes"] = boxes
+    target["boxes"] = scale_boxes(target["boxes"], nw / w, nh / h)
     if "masks" in target:
         masks = target["masks"]
         if len(masks):
