@@ -24,6 +24,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "train": {"json": "", "images": ""},
         "val": {"json": "", "images": ""},
     },
+    # The checkpoint every candidate starts from (weight inheritance, nars.model.inherit): a
+    # path, a NARS run folder (trial or export), or a named checkpoint; "" trains from scratch.
+    # arch: the checkpoint's MODEL.FBNET_V2.ARCH when the file does not record it.
+    "parent": {"weights": "", "arch": ""},
     "space": "fbnetv3is_quick",
     "base_config": "search_shapes",  # the FBNetV3IS config that candidates override
     "config": {},  # dotted FBNetV3IS config keys pinned for every trial (over base_config and the candidate)
