@@ -34,7 +34,7 @@ import numpy as np
 from nars.config import DEFAULTS, default_config, get, load_config, set_key
 from nars.errors import UserError
 from nars.model.arch import PARTS, ArchSpec, BlockSpec, parse_arch, resolve_arch
-from nars.model.cost import model_cost
+from nars.model.cost import COST_KEYS, config_cost
 from nars.schema import read_yaml, resolve_file
 from search_spaces.params import Choice, DomainError, Param, active_mask, parse_param, same
 
@@ -42,18 +42,6 @@ SPACE_DIR = Path(__file__).parent
 ARCH_KEY = "MODEL.FBNET_V2.ARCH"
 BLOCK_FIELDS = ("op", "k", "se", "c", "s", "n", "e")  # BlockSpec's field order
 BLOCK_DEFAULTS = {"op": "ir", "se": False, "s": 1, "n": 1, "e": 1}
-# Config keys that the analytic cost model reads: parameters behind them belong to the arch part.
-COST_KEYS = (
-    "MODEL.ROI_HEADS.NUM_CLASSES",
-    "MODEL.ANCHOR_GENERATOR.SIZES",
-    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
-    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
-    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
-    "MODEL.RPN.POST_NMS_TOPK_TEST",
-    "MODEL.FBNET_V2.WIDTH_DIVISOR",
-    "INPUT.MIN_SIZE_TEST",
-    "TEST.DETECTIONS_PER_IMAGE",
-)
 _TOP_KEYS = {"name", "description", "extends", "parameters", "arch", "config", "references"}
 
 
@@ -373,24 +361,30 @@ class SearchSpace:
     # ----- costs -----
 
     def _cost(self, c: Mapping[str, Any]) -> tuple[float, int]:
-        s = {key: _fill(template, c) for key, template in self._cost_templates.items()}
-        side, rois = s["INPUT.MIN_SIZE_TEST"], s["MODEL.RPN.POST_NMS_TOPK_TEST"]
-        cost = model_cost(
-            self._arch(c),
-            s["MODEL.ROI_HEADS.NUM_CLASSES"],
-            (side, side),
-            num_anchors=len(s["MODEL.ANCHOR_GENERATOR.SIZES"][0]) * len(s["MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS"][0]),
-            box_resolution=s["MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"],
-            mask_resolution=s["MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"],
-            rois=rois,
-            mask_rois=min(rois, s["TEST.DETECTIONS_PER_IMAGE"]),
-            divisor=s["MODEL.FBNET_V2.WIDTH_DIVISOR"],
-        )
+        cfg: dict[str, Any] = {}
+        for key, template in self._cost_templates.items():
+            *path, leaf = key.split(".")
+            node = cfg
+            for part in path:
+                node = node.setdefault(part, {})
+            node[leaf] = _fill(template, c)
+        cost = config_cost(cfg, self._arch(c))
         return cost.mflops["total"], cost.params["total"]
 
+    def bind(self, base: Mapping[str, Any], pinned: Mapping[str, Any] | None = None) -> "SearchSpace":
+        """This space costing the configs its trials really train: ``base`` (the complete
+        config candidates override) for the keys the space leaves alone, and ``pinned`` (an
+        experiment's ``config``, set over every candidate) over the space's own keys."""
+        pinned = pinned or {}
+        bound = copy.copy(self)
+        bound._cost_templates = {
+            k: pinned[k] if k in pinned else self.config_template.get(k, get(base, k)) for k in COST_KEYS
+        }
+        return bound
+
     def cost(self, candidate: Mapping[str, Any]) -> tuple[float, int]:
-        """(MFLOPs, learnable params) of the candidate's model from the analytic cost model,
-        at a square MIN_SIZE_TEST input with POST_NMS_TOPK_TEST RoIs (as ``nars model info``)."""
+        """(MFLOPs, learnable params) of the candidate's model (``config_cost``: a square
+        MIN_SIZE_TEST input, POST_NMS_TOPK_TEST RoIs), on the defaults unless ``bind`` gave a base."""
         return self._cost(self.canonical(candidate))
 
     # ----- vectors -----

@@ -122,6 +122,26 @@ def test_store_contents_as_dataframes(searched):
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
+def test_stored_costs_are_those_of_each_trials_own_config(searched, capsys):
+    """The experiment pins a 64 px input over the space's 128 px: the store must hold the cost
+    `nars model info` reports for the config each trial trained, not the space template's."""
+    store = RunStore(searched["run"] / "nars.sqlite")
+    trials = store.trials()
+    store.close()
+    checked = 0
+    for t in trials:
+        config = searched["run"] / "trials" / t["id"] / "config.yaml"
+        if not config.is_file():
+            continue
+        assert main(["model", "info", str(config), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["mflops"]["input_size"] == [64, 64]
+        assert t["mflops"] == pytest.approx(info["mflops"]["total"], rel=1e-6)
+        assert t["params"] == info["params"]["total"]
+        checked += 1
+    assert checked >= 4
+
+
 def test_pareto_json_and_plot(searched, capsys):
     png = searched["tmp"] / "front.png"
     assert main(["pareto", str(searched["run"]), "--json", "--plot", str(png)]) == 0

@@ -8,7 +8,7 @@ from typing import Any
 
 from nars.config import load_config
 from nars.model.arch import REFERENCE_ARCHS
-from nars.model.cost import model_cost
+from nars.model.cost import config_cost, test_input_size
 from nars.model.fbnetv3is import build_model
 from nars.model.weights import load_weights
 
@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     info = group.add_parser("info", help="parameters per part, MFLOPs, and an optional weights check")
     info.add_argument("arch_or_config", help=f"a reference arch ({', '.join(REFERENCE_ARCHS)}) or a config file/name")
     info.add_argument("--num-classes", type=int, help="override MODEL.ROI_HEADS.NUM_CLASSES (default 80)")
-    info.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=(224, 224))
+    info.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
+                      help="input for MFLOPs (default: the config's test size, square MIN_SIZE_TEST)")
     info.add_argument("--weights", help="a checkpoint to try loading (path or named checkpoint)")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(run=run_info)
@@ -46,27 +47,17 @@ def model_info(args: argparse.Namespace) -> dict[str, Any]:
         part = next(k for k, prefixes in PARTS.items() if name.startswith(prefixes))
         params[part] += p.numel()
     params["total"] = sum(params.values())
-    m = cfg["MODEL"]
-    rois = m["RPN"]["POST_NMS_TOPK_TEST"]
-    cost = model_cost(
-        model.arch,
-        model.num_classes,
-        tuple(args.input_size),
-        num_anchors=model.rpn.anchor_generator.num_anchors_per_location()[0],
-        box_resolution=m["ROI_BOX_HEAD"]["POOLER_RESOLUTION"],
-        mask_resolution=m["ROI_MASK_HEAD"]["POOLER_RESOLUTION"],
-        rois=rois,
-        mask_rois=min(rois, cfg["TEST"]["DETECTIONS_PER_IMAGE"]),
-        divisor=m["FBNET_V2"]["WIDTH_DIVISOR"],
-    )
+    size = tuple(args.input_size) if args.input_size else test_input_size(cfg)
+    cost = config_cost(cfg, model.arch, size)
     info: dict[str, Any] = {
         "arch": model.arch.name,
         "num_classes": model.num_classes,
         "params": params,
-        "mflops": {**{k: round(v, 3) for k, v in cost.mflops.items()}, "input_size": list(args.input_size), "rois": rois},
+        "mflops": {**{k: round(v, 3) for k, v in cost.mflops.items()}, "input_size": list(size),
+                   "rois": cfg["MODEL"]["RPN"]["POST_NMS_TOPK_TEST"]},
     }
     if args.weights:
-        info["weights"] = load_weights(model, args.weights, m["WEIGHTS_EMA"]).to_dict()
+        info["weights"] = load_weights(model, args.weights, cfg["MODEL"]["WEIGHTS_EMA"]).to_dict()
     return info
 
 

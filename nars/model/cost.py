@@ -9,9 +9,24 @@ Fast enough (pure integer arithmetic) to score thousands of candidates per secon
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
-from nars.model.arch import ArchSpec, BlockSpec, Stage, blocks, ir_widths
+from nars.config import get
+from nars.model.arch import ArchSpec, BlockSpec, Stage, blocks, ir_widths, resolve_arch
+
+# The config keys the cost of a model depends on, besides MODEL.FBNET_V2.ARCH.
+COST_KEYS = (
+    "MODEL.ROI_HEADS.NUM_CLASSES",
+    "MODEL.ANCHOR_GENERATOR.SIZES",
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+    "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "MODEL.FBNET_V2.WIDTH_DIVISOR",
+    "INPUT.MIN_SIZE_TEST",
+    "INPUT.MAX_SIZE_TEST",
+    "TEST.DETECTIONS_PER_IMAGE",
+)
 
 
 @dataclass
@@ -127,3 +142,36 @@ def model_cost(
         mflops["trunk"] + mflops["rpn"] + rois * mflops["box_head_per_roi"] + mask_rois * mflops["mask_head_per_roi"]
     )
     return ModelCost(params=params, mflops=mflops)
+
+
+def test_input_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
+    """The square input a config's test resize makes: MIN_SIZE_TEST, capped by MAX_SIZE_TEST."""
+    side = min(get(cfg, "INPUT.MIN_SIZE_TEST"), get(cfg, "INPUT.MAX_SIZE_TEST"))
+    return side, side
+
+
+def config_cost(
+    cfg: Mapping[str, Any], arch: ArchSpec | None = None, input_size: tuple[int, int] | None = None
+) -> ModelCost:
+    """The cost of the model a config builds: the one place a cost is taken from a config
+    (search space, ``nars model info``, the run store, export).
+
+    ``cfg`` needs ``COST_KEYS`` (a complete config has them) and the arch, unless ``arch`` is
+    given already parsed. The input is ``test_input_size(cfg)`` unless ``input_size`` is
+    given; the box head runs on POST_NMS_TOPK_TEST RoIs, the mask head on as many of them as
+    DETECTIONS_PER_IMAGE allows.
+    """
+    arch = arch if arch is not None else resolve_arch(get(cfg, "MODEL.FBNET_V2.ARCH"))
+    rois = get(cfg, "MODEL.RPN.POST_NMS_TOPK_TEST")
+    anchors = len(get(cfg, "MODEL.ANCHOR_GENERATOR.SIZES")[0]) * len(get(cfg, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")[0])
+    return model_cost(
+        arch,
+        get(cfg, "MODEL.ROI_HEADS.NUM_CLASSES"),
+        input_size or test_input_size(cfg),
+        num_anchors=anchors,
+        box_resolution=get(cfg, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"),
+        mask_resolution=get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"),
+        rois=rois,
+        mask_rois=min(rois, get(cfg, "TEST.DETECTIONS_PER_IMAGE")),
+        divisor=get(cfg, "MODEL.FBNET_V2.WIDTH_DIVISOR"),
+    )

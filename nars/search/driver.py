@@ -22,6 +22,7 @@ from nars.config import load_config, set_key
 from nars.data.shapes import generate_shapes
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
+from nars.model.cost import config_cost
 from nars.search.evolution import evolve
 from nars.search.experiment import load_experiment
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
@@ -60,9 +61,9 @@ class Search:
     def __init__(self, exp: dict[str, Any], run_dir: Path, progress: bool = True):
         """Checks everything the run needs (space, configs, dataset, constraints) before it starts."""
         self.exp, self.run_dir, self.progress = exp, run_dir, progress
-        self.space: SearchSpace = load_space(exp["space"])
-        sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
         self.base = load_config(exp["base_config"])
+        self.space: SearchSpace = load_space(exp["space"]).bind(self.base, exp["config"])  # trials' true costs
+        sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
         for key, value in _dataset_keys(exp, Path(exp.get("workdir", "."))).items():
             set_key(self.base, key, value, "experiment dataset")
         ray = exp["ray"]
@@ -111,13 +112,16 @@ class Search:
                    max_concurrent=ray["max_concurrent"], asha=self.exp["stage1"]["asha"] if asha else None, best=best)
 
     def add(self, samples: list[Any], stage: str, round_index: int) -> None:
-        """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are kept)."""
-        self.store.add_trials(
-            {"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
-             "candidate": s.candidate, "mflops": s.mflops, "params": s.params,
-             "max_iter": self.trial_config(s.candidate, stage)["SOLVER"]["MAX_ITER"]}
-            for s in samples
-        )
+        """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are
+        kept), with the cost of the model each trial trains (its config, pinned keys included)."""
+        rows = []
+        for s in samples:
+            cfg = self.trial_config(s.candidate, stage)
+            cost = config_cost(cfg)
+            rows.append({"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
+                         "candidate": s.candidate, "mflops": cost.mflops["total"], "params": cost.params["total"],
+                         "max_iter": cfg["SOLVER"]["MAX_ITER"]})
+        self.store.add_trials(rows)
 
     # -- stages -------------------------------------------------------------------------
     def stage1(self) -> None:
@@ -155,14 +159,11 @@ class Search:
         if not self.store.trials(stage="verify"):
             best = max(measured(self.store.trials(stage="stage1")), key=lambda t: t["metrics"][METRIC], default=None)
             incumbent = None if best is None else {"id": best["candidate_id"], "candidate": best["candidate"],
-                                                   "mflops": best["mflops"], "params": best["params"]}
+                                                   "mflops": best["mflops"]}
             self.add([_Pick(p) for p in _picks(front, incumbent, v["top_k"])], "verify", 0)
             ref = self.space.references.get(v["reference"])
             if ref is not None:
-                cid = self.space.candidate_id(ref)
-                mflops, params = self.space.cost(ref)
-                self.add([_Pick({"id": cid, "candidate": ref, "mflops": mflops, "params": params})],
-                          "reference", 0)
+                self.add([_Pick({"id": self.space.candidate_id(ref), "candidate": ref})], "reference", 0)
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
         self.run_pending(pending, "verification", asha=False)
 
@@ -178,10 +179,10 @@ class Search:
 
 
 class _Pick:
-    """A front entry shaped like a sample (id, candidate, mflops, params)."""
+    """A front entry shaped like a sample (id, candidate)."""
 
     def __init__(self, entry: Mapping[str, Any]):
-        self.id, self.candidate, self.mflops, self.params = entry["id"], entry["candidate"], entry["mflops"], entry["params"]
+        self.id, self.candidate = entry["id"], entry["candidate"]
 
 
 def _picks(front: list[dict[str, Any]], incumbent: dict[str, Any] | None, k: int) -> list[dict[str, Any]]:
