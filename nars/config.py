@@ -21,6 +21,10 @@ DEFAULTS: dict[str, Any] = {
         "DEVICE": "cpu",
         "WEIGHTS": "",
         "WEIGHTS_EMA": False,
+        # The architecture of MODEL.WEIGHTS when the file does not record it ("": its own
+        # record, the named checkpoint's, or this config's). Another architecture than the
+        # config's is inherited at the start of a training (nars.model.inherit).
+        "WEIGHTS_ARCH": "",
         "PIXEL_MEAN": [103.53, 116.28, 123.675],
         "PIXEL_STD": [1.0, 1.0, 1.0],
         "FBNET_V2": {"ARCH": "FBNetV3_A_dsmask", "NORM": "naiveSyncBN", "NORM_GROUPS": 32, "WIDTH_DIVISOR": 8},
@@ -89,6 +93,7 @@ DEFAULTS: dict[str, Any] = {
 # Keys whose value may take more than the default's type.
 _ALTERNATIVE_TYPES: dict[str, tuple[type, ...]] = {
     "MODEL.FBNET_V2.ARCH": (str, dict),
+    "MODEL.WEIGHTS_ARCH": (str, dict),
     "MODEL.RPN.IOU_THRESHOLDS": (list, float),
     "MODEL.ROI_HEADS.IOU_THRESHOLDS": (list, float),
     "INPUT.MIN_SIZE_TRAIN": (list, int),

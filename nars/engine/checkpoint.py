@@ -22,9 +22,10 @@ import torch
 
 from nars.errors import UserError
 from nars.fileio import atomic_torch_save, atomic_write_text
+from nars.model.weights import FINAL_WEIGHTS
 
 LAST = "last_checkpoint"
-FINAL = "model_final.pth"
+FINAL = FINAL_WEIGHTS
 _PERIODIC = re.compile(r"^model_(\d{7})\.pth$")
 
 

@@ -14,7 +14,16 @@ from typing import Any, Mapping
 from torch import nn
 
 from nars.errors import UserError
-from nars.model.weights import LoadReport, load_state, load_weights, read_checkpoint, resolve_weights, state_dict_of
+from nars.model.inherit import inherit
+from nars.model.weights import (
+    LoadReport,
+    checkpoint_arch,
+    load_state,
+    load_weights,
+    read_checkpoint,
+    resolve_weights,
+    state_dict_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +61,32 @@ def load_run_weights(model: nn.Module, value: str, use_ema: bool, complete: bool
     report = load_weights(model, value, use_ema)
     check_fit(report, model, f"weights {value}", complete)
     return report
+
+
+def load_start_weights(model: nn.Module, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``MODEL.WEIGHTS`` at the start of a training: loaded key by key when it is of this
+    model's architecture (or of an unknown one), inherited (nars.model.inherit) when it is of
+    another. Returns what happened, for the run folder's ``start_weights.json``."""
+    value = model_cfg["WEIGHTS"]
+    path, named_arch = resolve_weights(value)
+    ckpt = read_checkpoint(path)
+    parent = checkpoint_arch(path, ckpt, named_arch, model_cfg["WEIGHTS_ARCH"])
+    state = state_dict_of(ckpt, model_cfg["WEIGHTS_EMA"], path)
+    if parent is None or parent.to_data() == model.arch.to_data():
+        report = load_state(model, state)
+        check_fit(report, model, f"weights {value}", complete=False)
+        total = sum(v.numel() for k, v in model.state_dict().items() if not _is_stat(k))
+        copied = sum(v.numel() for k, v in model.state_dict().items()
+                     if not _is_stat(k) and k in state and k not in report.missing and k not in report.reinitialized)
+        return {"weights": str(path), "mode": "load", "fraction": copied / total, **report.to_dict()}
+    result = inherit(model, state, parent)
+    logger.info("weights %s (%s) inherited: %.1f%% of the weights, %d new block(s) (%d as identities)", value,
+                parent.name, 100 * result.fraction, len(result.new_blocks), len(result.identity_blocks))
+    return {"weights": str(path), "mode": "inherit", "parent_arch": parent.to_data(), **result.to_dict()}
+
+
+def _is_stat(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 def load_resume_state(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> None:

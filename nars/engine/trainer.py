@@ -46,7 +46,7 @@ from nars.engine.console import progress_bar
 from nars.engine.ema import ModelEMA
 from nars.engine.evaluator import CocoEvaluator, Evaluation, Metrics, check_classes, inference_on_dataset, with_ema
 from nars.engine.events import EventWriter
-from nars.engine.loading import load_resume_state, load_run_weights
+from nars.engine.loading import load_resume_state, load_start_weights
 from nars.engine.solver import GradientClipper, WarmupLR, build_gradient_clipper, build_lr_scheduler, build_optimizer
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
@@ -56,6 +56,7 @@ from nars.model.weights import read_checkpoint
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+START_WEIGHTS_FILE = "start_weights.json"  # what MODEL.WEIGHTS gave the run: loaded or inherited, and how much
 EVAL_FILE = "eval.json"
 LOG_PERIOD = 20
 _SHORT = {"loss_classifier": "cls", "loss_box_reg": "box", "loss_mask": "mask", "loss_objectness": "obj",
@@ -82,6 +83,7 @@ class TrainingRun:
     seed: int
     start_iter: int
     rng: list[Any] | None  # per-process random states from the checkpoint resumed
+    start_weights: dict[str, Any] | None = None  # what MODEL.WEIGHTS gave (loading.load_start_weights)
 
 
 def check_output_dir(out_dir: Path, resume: bool) -> None:
@@ -141,10 +143,11 @@ def prepare(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool, world_
 
     torch.manual_seed(seed)  # the same initial weights in every process
     model = build_model(cfg)
+    start_weights = None
     if checkpoint is not None:
         load_resume_state(model, checkpoint, str(last))
     elif cfg["MODEL"]["WEIGHTS"]:
-        load_run_weights(model, cfg["MODEL"]["WEIGHTS"], cfg["MODEL"]["WEIGHTS_EMA"], complete=False)
+        start_weights = load_start_weights(model, cfg["MODEL"])
     comm.to_device(model, device)
     optimizer = build_optimizer(model, solver)
     scheduler = build_lr_scheduler(optimizer, solver)
@@ -152,7 +155,7 @@ def prepare(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool, world_
     ema = ModelEMA(model, cfg["MODEL_EMA"]["DECAY"]) if cfg["MODEL_EMA"]["ENABLED"] else None
     train_set, test_set = _datasets(cfg)  # last: the slowest check
     run = TrainingRun(cfg, out_dir, device, model, train_set, test_set, optimizer, scheduler, clipper, ema,
-                      checkpointer, seed, start_iter=0, rng=None)
+                      checkpointer, seed, start_iter=0, rng=None, start_weights=start_weights)
     if checkpoint is not None:
         _restore(run, checkpoint, last)
     return run
@@ -220,6 +223,7 @@ class Trainer:
             "rng": comm.all_gather_object(capture_rng(run.device)),
             "seed": run.seed,
             "categories": _categories(run.train_set),
+            "arch": run.model.arch.to_data(),  # what a checkpoint's weights are of, for inheriting them
         }
         if run.ema is not None:
             checkpoint["ema_state"] = run.ema.state_dict()
@@ -349,6 +353,8 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, 
     if comm.is_main_process():
         run.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run.out_dir / CONFIG_FILE, dump(run.cfg))
+        if run.start_weights is not None:
+            atomic_write_text(run.out_dir / START_WEIGHTS_FILE, json.dumps(run.start_weights, indent=2) + "\n")
         writer = EventWriter(run.out_dir, run.start_iter)
     try:
         return Trainer(run, writer, progress=progress, on_eval=on_eval).train()

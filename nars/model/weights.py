@@ -21,6 +21,8 @@ import torch
 from torch import nn
 
 from nars.errors import UserError
+from nars.model.arch import ArchSpec, parse_arch, resolve_arch
+from nars.schema import read_yaml
 
 WEIGHTS_DIR_ENV = "NARS_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "nars" / "weights"
@@ -60,6 +62,7 @@ NAMED_CHECKPOINTS: dict[str, NamedCheckpoint] = {
     )
 }
 
+FINAL_WEIGHTS = "model_final.pth"  # what a run folder's training ends with
 _KEY_RENAMES = (("proposal_generator.rpn_head.", "rpn.head."), ("module.", ""))
 # Parts whose shape follows the class count; re-initialised when it differs.
 PREDICTOR_PREFIXES = ("roi_heads.box_predictor.", "roi_heads.mask_head.predictor.")
@@ -88,10 +91,13 @@ def named_checkpoint(value: str) -> NamedCheckpoint | None:
 
 
 def resolve_weights(value: str) -> tuple[Path, str | None]:
-    """A path, or a named checkpoint; returns (file, the architecture the name implies)."""
+    """A path (a NARS run, trial or export folder: its model_final.pth), or a named
+    checkpoint; returns (file, the architecture the name implies)."""
     named = named_checkpoint(value)
     if named is None:
         path = Path(value).expanduser()
+        if path.is_dir():
+            path = path / FINAL_WEIGHTS
         if not path.is_file():
             raise UserError(f"MODEL.WEIGHTS: checkpoint file {path} does not exist")
         return path, None
@@ -115,6 +121,28 @@ def read_checkpoint(path: Path) -> Mapping[str, Any]:
     if not isinstance(ckpt, Mapping):
         raise UserError(f"{path}: a checkpoint must hold a dict, got {type(ckpt).__name__}")
     return ckpt
+
+
+def checkpoint_arch(path: Path, ckpt: Mapping[str, Any], named_arch: str | None, explicit: Any) -> ArchSpec | None:
+    """The architecture a checkpoint's weights are of, when known: ``explicit``
+    (MODEL.WEIGHTS_ARCH), else what the checkpoint records (NARS writes ``"arch"``), else the
+    named checkpoint's, else the run's ``config.yaml`` beside the file; None when unknown."""
+    source = "MODEL.WEIGHTS_ARCH"
+    arch = explicit or None
+    if arch is None and isinstance(ckpt.get("arch"), (str, Mapping)):
+        arch, source = ckpt["arch"], f"{path}: arch"
+    if arch is None and named_arch:
+        arch = named_arch
+    config = path.parent / "config.yaml"
+    if arch is None and config.is_file():
+        data = read_yaml(config)
+        arch = ((data.get("MODEL") or {}).get("FBNET_V2") or {}).get("ARCH") if isinstance(data, Mapping) else None
+        source = f"{config}: MODEL.FBNET_V2.ARCH"
+    if arch is None:
+        return None
+    if isinstance(arch, str):
+        return resolve_arch(arch)
+    return parse_arch(arch, "parent", source)
 
 
 def state_dict_of(ckpt: Mapping[str, Any], use_ema: bool, path: Path | str = "checkpoint") -> dict[str, torch.Tensor]:

@@ -11,10 +11,9 @@ from typing import Any
 from nars.config import dump, load_config
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
+from nars.model.weights import FINAL_WEIGHTS
 from nars.search.report import open_store
 from nars.search.store import STORE_FILE
-
-FINAL_WEIGHTS = "model_final.pth"
 
 
 def pick(trials: list[dict[str, Any]], trial_id: str | None, max_mflops: float | None) -> dict[str, Any]:
