@@ -11,6 +11,7 @@ from typing import Sequence
 
 from nars.commands import data as data_commands
 from nars.commands import eval as eval_commands
+from nars.commands import experiment as experiment_commands
 from nars.commands import model as model_commands
 from nars.commands import predict as predict_commands
 from nars.commands import predictor as predictor_commands
@@ -23,7 +24,7 @@ from nars.errors import UserError
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
 COMMAND_MODULES = (
     model_commands, data_commands, train_commands, eval_commands, predict_commands, space_commands, predictor_commands,
-    search_commands, weights_commands,
+    search_commands, experiment_commands, weights_commands,
 )
 
 

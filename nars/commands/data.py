@@ -1,4 +1,5 @@
-"""``nars data shapes``: make the synthetic dataset; ``nars data info``: check a COCO dataset."""
+"""``nars data shapes``: make the synthetic dataset; ``nars data info``: check a COCO dataset
+and print what a detector's settings depend on (sizes of images and boxes, objects per image)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 
 from nars.data.coco import CocoInstances
 from nars.data.shapes import CATEGORIES, generate_shapes
+from nars.data.stats import DatasetStats, Spread, dataset_stats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     shapes.set_defaults(run=run_shapes)
-    info = group.add_parser("info", help="load a COCO instances dataset and report what training would use")
+    info = group.add_parser("info", help="a COCO dataset's image and box sizes, objects per image, classes, "
+                                         "and (with IMAGES) what training would use")
     info.add_argument("json_path", metavar="JSON", help="COCO instances JSON")
-    info.add_argument("images", metavar="IMAGES", help="the image folder its file_names are relative to")
-    info.add_argument("--json", action="store_true", help="print one JSON object")
+    info.add_argument("images", metavar="IMAGES", nargs="?",
+                      help="the image folder its file_names are relative to; given, the dataset is also loaded "
+                           "as training reads it (missing images, dropped boxes and masks)")
+    info.add_argument("--json", action="store_true", help="print one JSON object (the statistics under 'stats')")
     info.set_defaults(run=run_info)
 
 
@@ -40,16 +45,46 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    dataset = CocoInstances(args.json_path, args.images)
-    info = {"images": len(dataset), **dataset.stats, "classes": dataset.class_counts()}
+    dataset = CocoInstances(args.json_path, args.images) if args.images else None
+    stats = dataset_stats(args.json_path)
+    info = {"stats": stats.as_dict()}
+    if dataset is not None:
+        info = {"images": len(dataset), **dataset.stats, "classes": dataset.class_counts(), **info}
     if args.json:
         print(json.dumps(info))
         return 0
+    if dataset is None:
+        print(f"{args.json_path}: {stats.images} images, {stats.instances} instances of {len(stats.classes)} classes "
+              "(give IMAGES to load it as training does)")
+        for name, count in stats.classes.items():
+            print(f"      {name:<20}{count:>8}")
+    else:
+        _print_loaded(args.json_path, dataset)
+    _print_stats(stats)
+    return 0
+
+
+def _print_loaded(json_path: str, dataset: CocoInstances) -> None:
+    """What training keeps of the dataset."""
     s = dataset.stats
-    print(f"{args.json_path}: {len(dataset)} images ({s['empty_images']} without instances), "
+    print(f"{json_path}: {len(dataset)} images ({s['empty_images']} without instances), "
           f"{s['instances']} instances of {dataset.num_classes} classes")
     print(f"ignored {s['crowd']} crowd regions; dropped {s['degenerate_boxes']} degenerate boxes "
           f"and {s['empty_masks']} empty masks")
-    for label, (name, count) in enumerate(info["classes"].items(), start=1):
+    for label, (name, count) in enumerate(dataset.class_counts().items(), start=1):
         print(f"  {label:>3} {name:<20}{count:>8}  (category id {dataset.label_to_category_id[label]})")
-    return 0
+
+
+def _spread(s: Spread) -> str:
+    return f"{s.min:g} / {s.median:g} / {s.max:g}"
+
+
+def _print_stats(s: DatasetStats) -> None:
+    """The numbers input sizes, anchors and detections per image follow (all non-crowd annotations)."""
+    print(f"image size, min / median / max px: width {_spread(s.width)}, height {_spread(s.height)}, "
+          f"shorter side {_spread(s.shorter_side)}")
+    print(f"objects per image: mean {s.instances_per_image_mean:.1f}, median {s.instances_per_image.median:g}, "
+          f"max {s.instances_per_image.max:g}")
+    if s.box_size:
+        sizes = ", ".join(f"{q}% {v:.1f}" for q, v in s.box_size.items())
+        print(f"box size sqrt(w*h), px of the original image: {sizes}")
