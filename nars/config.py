@@ -27,7 +27,13 @@ DEFAULTS: dict[str, Any] = {
         "WEIGHTS_ARCH": "",
         "PIXEL_MEAN": [103.53, 116.28, 123.675],
         "PIXEL_STD": [1.0, 1.0, 1.0],
-        "FBNET_V2": {"ARCH": "FBNetV3_A_dsmask", "NORM": "naiveSyncBN", "NORM_GROUPS": 32, "WIDTH_DIVISOR": 8},
+        "FBNET_V2": {
+            "ARCH": "FBNetV3_A_dsmask",
+            "NORM": "naiveSyncBN",
+            "NORM_GROUPS": 32,
+            "WIDTH_DIVISOR": 8,
+            "DROP_CONNECT_RATE": 0.0,
+        },
         "BACKBONE": {"FREEZE_AT": 0},
         "ANCHOR_GENERATOR": {"SIZES": [[32, 64, 96, 128, 160]], "ASPECT_RATIOS": [[0.5, 1.0, 2.0]]},
         "RPN": {
@@ -63,6 +69,9 @@ DEFAULTS: dict[str, Any] = {
         "MAX_SIZE_TRAIN": 320,
         "MIN_SIZE_TEST": 224,
         "MAX_SIZE_TEST": 320,
+        # Training-time augmentation (nars.data.coco), on the raw image before the model resizes it.
+        "RANDOM_FLIP": "horizontal",
+        "CROP": {"ENABLED": False, "TYPE": "relative_range", "SIZE": [0.9, 0.9]},
     },
     "TEST": {"DETECTIONS_PER_IMAGE": 100, "EVAL_PERIOD": 0},
     "DATASETS": {"TRAIN": {"JSON": "", "IMAGES": ""}, "TEST": {"JSON": "", "IMAGES": ""}},

@@ -7,6 +7,11 @@
 - Images without annotations are kept: they teach the model what background looks like.
 - Degenerate boxes (width or height < 1 px once clipped to the image) and empty masks are
   dropped and counted; each dataset logs one summary line.
+- Training augmentation (``dataset_from_config`` with ``train``), in this order, on the raw
+  image (the model resizes it afterwards): detectron2's ``RandomCrop`` when
+  ``INPUT.CROP.ENABLED`` (boxes clipped to the crop, instances whose mask or box became empty
+  dropped), then flips along the axes ``INPUT.RANDOM_FLIP`` names, each at p=0.5 on its own.
+  Randomness comes from torch's default generator (``nars.data.loader`` seeds it per sample).
 - Input mistakes are UserErrors naming the file: a missing JSON or image folder, malformed
   JSON, an entry that is not COCO, an image entry whose file does not exist (checked when the
   dataset is built, with ``os.path``).
@@ -42,6 +47,92 @@ from nars.errors import UserError
 logger = logging.getLogger(__name__)
 
 TRAIN_FLIP_PROB = 0.5
+# INPUT.RANDOM_FLIP -> the tensor dims flipped (each with its own draw): -1 is x, -2 is y.
+FLIP_DIMS: dict[str, tuple[int, ...]] = {"horizontal": (-1,), "vertical": (-2,), "both": (-1, -2), "none": ()}
+CROP_TYPES = ("relative", "relative_range", "absolute", "absolute_range")
+
+
+def _flip_dims(mode: str) -> tuple[int, ...]:
+    if mode not in FLIP_DIMS:
+        raise UserError(f"INPUT.RANDOM_FLIP must be one of {', '.join(FLIP_DIMS)}, got {mode!r}")
+    return FLIP_DIMS[mode]
+
+
+def _flip(image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+          dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Image, masks and xyxy boxes mirrored along ``dim`` (-1: x, -2: y)."""
+    lo, hi = (0, 2) if dim == -1 else (1, 3)
+    boxes = boxes.clone()
+    boxes[:, [lo, hi]] = image.shape[dim] - boxes[:, [hi, lo]]
+    return image.flip(dim), masks.flip(dim), boxes
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _randint(low: int, high: int) -> int:
+    """Uniform in [low, high], from torch's default generator."""
+    return int(torch.randint(low, high + 1, ()))
+
+
+@dataclass(frozen=True)
+class RandomCrop:
+    """detectron2's ``RandomCrop(crop_type, crop_size)`` on an image and its instances.
+
+    ``size`` is (h, w) fractions for the relative types ("relative_range": each drawn in
+    [size, 1]), (h, w) pixels for "absolute" (at most the image), [min, max] pixels for
+    "absolute_range" (each side drawn in it, at most the image).
+    """
+
+    kind: str
+    size: tuple[float, float]
+
+    def __post_init__(self) -> None:
+        if self.kind not in CROP_TYPES:
+            raise UserError(f"INPUT.CROP.TYPE must be one of {', '.join(CROP_TYPES)}, got {self.kind!r}")
+        size = list(self.size)
+        if len(size) != 2 or not all(map(_is_number, size)):
+            raise UserError(f"INPUT.CROP.SIZE must be two numbers, got {size!r}")
+        if self.kind.startswith("relative") and not all(0 < v <= 1 for v in size):
+            raise UserError(f"INPUT.CROP.SIZE must be fractions in (0, 1] for TYPE {self.kind}, got {size!r}")
+        if self.kind.startswith("absolute") and not all(v >= 1 and float(v).is_integer() for v in size):
+            raise UserError(f"INPUT.CROP.SIZE must be whole pixels >= 1 for TYPE {self.kind}, got {size!r}")
+        if self.kind == "absolute_range" and size[0] > size[1]:
+            raise UserError(f"INPUT.CROP.SIZE must be [min, max] for TYPE absolute_range, got {size!r}")
+
+    def crop_size(self, h: int, w: int) -> tuple[int, int]:
+        """detectron2's ``RandomCrop.get_crop_size``, drawing from torch instead of numpy."""
+        ch, cw = self.size
+        if self.kind == "absolute":
+            return min(int(ch), h), min(int(cw), w)
+        if self.kind == "absolute_range":
+            lo, hi = int(ch), int(cw)
+            return _randint(min(h, lo), min(h, hi)), _randint(min(w, lo), min(w, hi))
+        if self.kind == "relative_range":
+            lows = torch.tensor(self.size, dtype=torch.float64)
+            ch, cw = (lows + torch.rand(2, dtype=torch.float64) * (1 - lows)).tolist()
+        return max(1, int(h * ch + 0.5)), max(1, int(w * cw + 0.5))  # max: a pixel at least, on tiny images
+
+    def __call__(self, image: torch.Tensor, masks: torch.Tensor, boxes: torch.Tensor,
+                 labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A random window of the image (offsets drawn after the size, as detectron2 does); boxes
+        are clipped to it, and instances left with an empty mask or a box under 1 px dropped."""
+        h, w = image.shape[-2:]
+        ch, cw = self.crop_size(h, w)
+        y0, x0 = _randint(0, h - ch), _randint(0, w - cw)
+        window = (slice(None), slice(y0, y0 + ch), slice(x0, x0 + cw))
+        image, masks = image[window].contiguous(), masks[window].contiguous()
+        boxes = (boxes - boxes.new_tensor([x0, y0, x0, y0])).clamp(min=0)
+        boxes = torch.minimum(boxes, boxes.new_tensor([cw, ch, cw, ch]))
+        keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1) & (masks.flatten(1) > 0).any(1)
+        return image, masks[keep], boxes[keep], labels[keep]
+
+
+def crop_from_config(cfg: Mapping[str, Any]) -> RandomCrop | None:
+    """``INPUT.CROP`` as a RandomCrop, None when disabled (its other keys are then not read)."""
+    crop = cfg["INPUT"]["CROP"]
+    return RandomCrop(crop["TYPE"], tuple(crop["SIZE"])) if crop["ENABLED"] else None
 
 
 @dataclass(frozen=True)
@@ -82,14 +173,18 @@ def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None
 
 
 class CocoInstances(Dataset):
-    """A COCO instances JSON and its image folder; ``flip_prob`` > 0 for training-time flips.
+    """A COCO instances JSON and its image folder; training-time augmentation: ``crop`` and, with
+    ``flip_prob`` > 0, flips along the ``flip`` axes (an ``INPUT.RANDOM_FLIP`` value), each
+    axis drawn on its own (detectron2's ``RandomFlip(prob)`` per axis).
 
     ``label_to_category_id`` / ``category_id_to_label`` map labels 1..C and COCO ids both ways,
     ``category_names[label - 1]`` names a label, ``stats`` holds the counts of the summary line.
     """
 
-    def __init__(self, json_path: str | Path, image_dir: str | Path, *, flip_prob: float = 0.0):
-        self.json_path, self.image_dir, self.flip_prob = Path(json_path), Path(image_dir), flip_prob
+    def __init__(self, json_path: str | Path, image_dir: str | Path, *, flip: str = "horizontal",
+                 flip_prob: float = 0.0, crop: RandomCrop | None = None):
+        self.json_path, self.image_dir = Path(json_path), Path(image_dir)
+        self.flip_dims, self.flip_prob, self.crop = _flip_dims(flip), flip_prob, crop
         data = _read_json(self.json_path)
         if not self.image_dir.is_dir():
             raise UserError(f"{self.image_dir}: no such image folder")
@@ -189,24 +284,26 @@ class CocoInstances(Dataset):
         raise UserError(f"{self.json_path}: none of its {len(self)} images can be read")
 
     def _item(self, record: _Record, image: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        boxes = torch.from_numpy(record.boxes.copy())
+        boxes, labels = torch.from_numpy(record.boxes.copy()), torch.from_numpy(record.labels.copy())
         if record.rles:
             masks = torch.from_numpy(np.ascontiguousarray(mask_util.decode(record.rles).transpose(2, 0, 1)))
         else:
             masks = torch.zeros((0, record.height, record.width), dtype=torch.uint8)
-        if self.flip_prob > 0 and torch.rand(()).item() < self.flip_prob:
-            image, masks = image.flip(-1), masks.flip(-1)
-            boxes = torch.stack([record.width - boxes[:, 2], boxes[:, 1], record.width - boxes[:, 0], boxes[:, 3]], 1)
-        target = {"boxes": boxes, "labels": torch.from_numpy(record.labels.copy()), "masks": masks,
-                  "image_id": record.image_id}
-        return image, target
+        if self.crop is not None:
+            image, masks, boxes, labels = self.crop(image, masks, boxes, labels)
+        for dim in self.flip_dims:
+            if self.flip_prob > 0 and torch.rand(()).item() < self.flip_prob:
+                image, masks, boxes = _flip(image, masks, boxes, dim)
+        return image, {"boxes": boxes, "labels": labels, "masks": masks, "image_id": record.image_id}
 
 
 def dataset_from_config(cfg: Mapping[str, Any], split: Literal["TRAIN", "TEST"], train: bool) -> CocoInstances:
-    """``DATASETS.<split>`` as a dataset; ``train`` turns on random horizontal flips."""
+    """``DATASETS.<split>`` as a dataset; ``train`` turns on the augmentation ``INPUT`` asks for
+    (``INPUT.RANDOM_FLIP`` is checked for either split)."""
     entry = cfg.get("DATASETS", {}).get(split, {})
     for key in ("JSON", "IMAGES"):
         if not entry.get(key):
             raise UserError(f"DATASETS.{split}.{key} is not set; it needs a COCO instances JSON and its image folder "
                             "(`nars data shapes OUT` makes OUT/train.json with OUT/train, OUT/val.json with OUT/val)")
-    return CocoInstances(entry["JSON"], entry["IMAGES"], flip_prob=TRAIN_FLIP_PROB if train else 0.0)
+    return CocoInstances(entry["JSON"], entry["IMAGES"], flip=cfg["INPUT"]["RANDOM_FLIP"],
+                         flip_prob=TRAIN_FLIP_PROB if train else 0.0, crop=crop_from_config(cfg) if train else None)

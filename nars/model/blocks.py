@@ -68,11 +68,27 @@ class SqueezeExcite(nn.Module):
         return x * self.se(self.avg_pool(x))
 
 
+def drop_connect_batch(x: torch.Tensor, rate: float) -> torch.Tensor:
+    """mobile_cv's ``drop_connect_batch`` (``mobile_cv/arch/utils/misc.py``): each sample's
+    tensor is zeroed with probability ``rate``, else divided by ``1 - rate`` (expectation kept)."""
+    keep = 1.0 - rate
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return x / keep * torch.floor(torch.rand(shape, dtype=x.dtype, device=x.device) + keep)
+
+
 class InvertedResidual(nn.Module):
     """pw expand (absent when the mid width equals the input's) -> [x2 upsample] -> KxK dw
-    -> [SE] -> pwl project (+ skip). Widths from ``arch.ir_widths``, shared with the cost model."""
+    -> [SE] -> pwl project (+ skip). Widths from ``arch.ir_widths``, shared with the cost model.
 
-    def __init__(self, in_channels: int, spec: BlockSpec, norm: NormFactory, divisor: int = 8):
+    ``drop_connect_rate`` is mobile_cv's stochastic depth: IRFBlock hands it to
+    ``build_residual_connect``, which adds ``AddWithDropConnect`` only where the residual exists
+    (stride 1, in == out); that drops its first argument, the branch (``res_conn(y, x)``), and
+    only in training. FBNetBuilder passes the rate to every block as given (no scaling by
+    depth: that is the opt-in ``add_drop_connect_args`` helper, which d2go does not call).
+    """
+
+    def __init__(self, in_channels: int, spec: BlockSpec, norm: NormFactory, divisor: int = 8,
+                 drop_connect_rate: float = 0.0):
         super().__init__()
         widths = ir_widths(in_channels, spec, divisor)
         mid = widths.mid
@@ -82,6 +98,7 @@ class InvertedResidual(nn.Module):
         self.se = SqueezeExcite(mid, widths.se_mid) if widths.se_mid is not None else None
         self.pwl = ConvNormAct(mid, spec.out_channels, norm=norm, relu=False)
         self.use_residual = spec.stride == 1 and in_channels == spec.out_channels
+        self.drop_connect_rate = drop_connect_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
@@ -93,4 +110,8 @@ class InvertedResidual(nn.Module):
         if self.se is not None:
             y = self.se(y)
         y = self.pwl(y)
-        return x + y if self.use_residual else y
+        if not self.use_residual:
+            return y
+        if self.training and self.drop_connect_rate > 0:
+            y = drop_connect_batch(y, self.drop_connect_rate)
+        return x + y

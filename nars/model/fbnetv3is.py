@@ -37,9 +37,9 @@ class FBNetC4Backbone(nn.Module):
 
     size_divisibility = 0
 
-    def __init__(self, trunk: Sequence[Stage], norm: NormFactory, divisor: int = 8):
+    def __init__(self, trunk: Sequence[Stage], norm: NormFactory, divisor: int = 8, drop_connect_rate: float = 0.0):
         super().__init__()
-        stages, self.out_channels = build_stages(trunk, 3, norm, divisor)
+        stages, self.out_channels = build_stages(trunk, 3, norm, divisor, drop_connect_rate)
         self.body = nn.Sequential(OrderedDict((f"trunk{i}", s) for i, s in enumerate(stages)))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,9 +73,10 @@ class RPNRegressor(nn.Module):
 class FBNetRPNHead(nn.Module):
     """FBNet stages on the trunk output, then the regressor (torchvision's RPN head API)."""
 
-    def __init__(self, stages: Sequence[Stage], in_channels: int, num_anchors: int, norm: NormFactory, divisor: int):
+    def __init__(self, stages: Sequence[Stage], in_channels: int, num_anchors: int, norm: NormFactory, divisor: int,
+                 drop_connect_rate: float = 0.0):
         super().__init__()
-        modules, channels = build_stages(stages, in_channels, norm, divisor)
+        modules, channels = build_stages(stages, in_channels, norm, divisor, drop_connect_rate)
         self.rpn_feature = nn.Sequential(*modules)
         self.rpn_regressor = RPNRegressor(channels, num_anchors)
 
@@ -87,9 +88,10 @@ class FBNetRPNHead(nn.Module):
 class FBNetBoxHead(nn.Module):
     """FBNet stages on pooled RoIs, then global average pooling to a vector."""
 
-    def __init__(self, stages: Sequence[Stage], in_channels: int, norm: NormFactory, divisor: int):
+    def __init__(self, stages: Sequence[Stage], in_channels: int, norm: NormFactory, divisor: int,
+                 drop_connect_rate: float = 0.0):
         super().__init__()
-        modules, self.out_channels = build_stages(stages, in_channels, norm, divisor)
+        modules, self.out_channels = build_stages(stages, in_channels, norm, divisor, drop_connect_rate)
         self.roi_box_conv = nn.Sequential(*modules)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
 
@@ -138,9 +140,10 @@ class MaskLogits(nn.Module):
 class FBNetMaskHead(nn.Module):
     """FBNet stages on pooled RoIs (upsampling via stride -2), then the mask logits."""
 
-    def __init__(self, stages: Sequence[Stage], in_channels: int, num_classes: int, norm: NormFactory, divisor: int):
+    def __init__(self, stages: Sequence[Stage], in_channels: int, num_classes: int, norm: NormFactory, divisor: int,
+                 drop_connect_rate: float = 0.0):
         super().__init__()
-        modules, channels = build_stages(stages, in_channels, norm, divisor)
+        modules, channels = build_stages(stages, in_channels, norm, divisor, drop_connect_rate)
         self.feature_extractor = nn.Sequential(*modules)
         self.predictor = MaskLogits(channels, num_classes)
 
@@ -190,6 +193,7 @@ class FBNetV3IS(GeneralizedRCNN):
         norm: str = "BN",
         norm_groups: int = 32,
         width_divisor: int = 8,
+        drop_connect_rate: float = 0.0,
         freeze_at: int = 0,
         anchor_sizes: Sequence[Sequence[int]] = ((32, 64, 96, 128, 160),),
         aspect_ratios: Sequence[Sequence[float]] = ((0.5, 1.0, 2.0),),
@@ -225,15 +229,17 @@ class FBNetV3IS(GeneralizedRCNN):
             raise UserError("MODEL.ANCHOR_GENERATOR: C4 has one feature map, so SIZES and ASPECT_RATIOS take one list each")
         if width_divisor < 1:
             raise UserError(f"MODEL.FBNET_V2.WIDTH_DIVISOR must be >= 1 (1: no rounding), got {width_divisor}")
+        if not 0.0 <= drop_connect_rate < 1.0:
+            raise UserError(f"MODEL.FBNET_V2.DROP_CONNECT_RATE must be in [0, 1), got {drop_connect_rate}")
         for key, beta in (("MODEL.RPN", rpn_smooth_l1_beta), ("MODEL.ROI_BOX_HEAD", box_smooth_l1_beta)):
             if beta < 0:
                 raise UserError(f"{key}.SMOOTH_L1_BETA must be >= 0 (0: L1 loss), got {beta}")
         make_norm = norm_factory(norm, norm_groups)
-        backbone = FBNetC4Backbone(arch.trunk, make_norm, width_divisor)
+        # mobile_cv's builder gives every part's blocks the same arguments (d2go's basic_args)
+        blocks = (make_norm, width_divisor, drop_connect_rate)
+        backbone = FBNetC4Backbone(arch.trunk, *blocks)
         anchors = SizeMajorAnchorGenerator(anchor_sizes, aspect_ratios, TRUNK_OUTPUT_STRIDE)
-        rpn_head = FBNetRPNHead(
-            arch.rpn, backbone.out_channels, anchors.num_anchors_per_location()[0], make_norm, width_divisor
-        )
+        rpn_head = FBNetRPNHead(arch.rpn, backbone.out_channels, anchors.num_anchors_per_location()[0], *blocks)
         rpn_low, rpn_high = iou_bounds(rpn_iou_thresholds, "MODEL.RPN.IOU_THRESHOLDS")
         rpn = FBNetRPN(
             anchors, rpn_head, rpn_high, rpn_low, rpn_batch_size_per_image, rpn_positive_fraction,
@@ -241,7 +247,7 @@ class FBNetV3IS(GeneralizedRCNN):
             dict(training=rpn_post_nms_topk[0], testing=rpn_post_nms_topk[1]),
             rpn_nms_thresh, smooth_l1_beta=rpn_smooth_l1_beta,
         )
-        box_head = FBNetBoxHead(arch.box_head, backbone.out_channels, make_norm, width_divisor)
+        box_head = FBNetBoxHead(arch.box_head, backbone.out_channels, *blocks)
         roi_low, roi_high = iou_bounds(roi_iou_thresholds, "MODEL.ROI_HEADS.IOU_THRESHOLDS")
         roi_heads = FBNetRoIHeads(
             RoIPool(box_pooler_resolution, pooler_sampling_ratio[0], pooler_aligned[0]),
@@ -251,7 +257,7 @@ class FBNetV3IS(GeneralizedRCNN):
             None,  # box regression weights: detectron2's (10, 10, 5, 5)
             score_thresh_test, nms_thresh_test, detections_per_image,
             mask_roi_pool=RoIPool(mask_pooler_resolution, pooler_sampling_ratio[1], pooler_aligned[1]),
-            mask_head=FBNetMaskHead(arch.mask_head, backbone.out_channels, num_classes, make_norm, width_divisor),
+            mask_head=FBNetMaskHead(arch.mask_head, backbone.out_channels, num_classes, *blocks),
             mask_predictor=BackgroundMaskSlot(),
             smooth_l1_beta=box_smooth_l1_beta,
         )
@@ -286,6 +292,7 @@ def build_model(cfg: Mapping[str, Any]) -> FBNetV3IS:
         norm=canonical_norm(fb["NORM"]),
         norm_groups=fb["NORM_GROUPS"],
         width_divisor=fb["WIDTH_DIVISOR"],
+        drop_connect_rate=fb["DROP_CONNECT_RATE"],
         freeze_at=m["BACKBONE"]["FREEZE_AT"],
         anchor_sizes=m["ANCHOR_GENERATOR"]["SIZES"],
         aspect_ratios=m["ANCHOR_GENERATOR"]["ASPECT_RATIOS"],
