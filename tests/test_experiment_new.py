@@ -1,4 +1,5 @@
-"""``nars data info`` statistics and ``nars experiment new``: files derived from a dataset that ``nars search`` loads."""
+"""``nars data info``'s statistics; ``nars experiment new``: experiments derived from a dataset, that ``nars search``
+loads as they are."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def shapes(tmp_path_factory) -> Path:
 
 
 def _splits(root: Path) -> list[str]:
-    return ["--train", str(root / "train.json"), str(root / "train"), "--val", str(root / "val.json"), str(root / "val")]
+    return [arg for s in ("train", "val") for arg in (f"--{s}", str(root / f"{s}.json"), str(root / s))]
 
 
 def _new(root: Path, out: Path, *extra: str) -> int:
@@ -80,7 +81,8 @@ def test_data_info_json_matches_the_json(shapes, capsys):
     for q, value in stats["box_size"].items():
         assert value == pytest.approx(percentiles[int(q) - 1])
     names = {c["id"]: c["name"] for c in coco["categories"]}
-    assert stats["classes"] == {names[i]: n for i, n in sorted(Counter(a["category_id"] for a in coco["annotations"]).items())}
+    by_id = sorted(Counter(a["category_id"] for a in coco["annotations"]).items())
+    assert stats["classes"] == {names[i]: n for i, n in by_id}
 
 
 def test_data_info_text_without_images(shapes, capsys):
@@ -106,8 +108,9 @@ def test_experiment_from_shapes_loads_and_follows_the_data(shapes, tmp_path, cap
     (anchors,) = cfg["MODEL.ANCHOR_GENERATOR.SIZES"]
     assert len(anchors) == 5 and all(4 <= a < b <= 96 for a, b in zip(anchors, anchors[1:]))
     most = max(Counter(a["image_id"] for a in train["annotations"]).values())
-    assert cfg["TEST.DETECTIONS_PER_IMAGE"] >= most and cfg["MODEL.RPN.POST_NMS_TOPK_TEST"] >= cfg["TEST.DETECTIONS_PER_IMAGE"]
-    assert cfg["MODEL.RPN.PRE_NMS_TOPK_TRAIN"] >= cfg["MODEL.RPN.POST_NMS_TOPK_TRAIN"] >= cfg["MODEL.RPN.POST_NMS_TOPK_TEST"]
+    rpn = {k.split(".")[-1]: v for k, v in cfg.items() if k.startswith("MODEL.RPN.")}
+    assert rpn["POST_NMS_TOPK_TEST"] >= cfg["TEST.DETECTIONS_PER_IMAGE"] >= most
+    assert rpn["PRE_NMS_TOPK_TRAIN"] >= rpn["POST_NMS_TOPK_TRAIN"] >= rpn["POST_NMS_TOPK_TEST"]
     assert exp["constraints"] == {"max_mflops": None, "max_params": None}
     assert (exp["parent"]["weights"], exp["parent"]["arch"]) == ("", "")
     assert exp["ray"]["num_cpus"] == 2 and exp["ray"]["max_concurrent"] * exp["ray"]["cpus_per_trial"] <= 2
@@ -118,7 +121,8 @@ def test_experiment_from_shapes_loads_and_follows_the_data(shapes, tmp_path, cap
     assert trial["TEST"]["DETECTIONS_PER_IMAGE"] == cfg["TEST.DETECTIONS_PER_IMAGE"]
     assert trial["MODEL"]["ANCHOR_GENERATOR"]["SIZES"] == [anchors] and trial["INPUT"]["MIN_SIZE_TRAIN"] == [96]
     assert trial["SOLVER"]["MAX_ITER"] == exp["stage1"]["max_iter"]
-    config_lines = [line for line in out.read_text().splitlines() if line.startswith("  ") and "." in line.split(":")[0]]
+    lines = out.read_text().splitlines()
+    config_lines = [line for line in lines if line.startswith("  ") and "." in line[:line.find(":")]]
     assert len(config_lines) == len(cfg) and all("  # " in line for line in config_lines)
 
 
@@ -129,7 +133,8 @@ def test_flags_land_in_their_keys(shapes, tmp_path):
     assert _new(shapes, out, "--parent", str(ckpt), "--parent-arch", "FBNetV3_A_dsmask", "--max-mflops", "500",
                 "--max-params", "1000000", "--name", "cells") == 0
     exp = load_experiment(out)
-    assert exp["name"] == "cells" and (exp["parent"]["weights"], exp["parent"]["arch"]) == (str(ckpt), "FBNetV3_A_dsmask")
+    assert exp["name"] == "cells"
+    assert (exp["parent"]["weights"], exp["parent"]["arch"]) == (str(ckpt), "FBNetV3_A_dsmask")
     assert exp["constraints"] == {"max_mflops": 500.0, "max_params": 1000000}
     assert _new(shapes, tmp_path / "named.yaml", "--parent", "FBNetV3a-DSMask-C4 COCO") == 0  # a named checkpoint stays
     assert load_experiment(tmp_path / "named.yaml")["parent"]["weights"] == "FBNetV3a-DSMask-C4 COCO"
@@ -151,7 +156,8 @@ def test_crowded_small_objects(tmp_path):
     assert "below the RPN's 16 px stride" in out.read_text()
     assert (exp["ray"]["num_cpus"], exp["ray"]["max_concurrent"], exp["ray"]["cpus_per_trial"]) == (16, 8, 2)
     assert exp["stage1"]["trials_per_round"] == 8
-    assert _trial_config(exp, tmp_path / "run")["MODEL"]["RPN"]["POST_NMS_TOPK_TEST"] == cfg["MODEL.RPN.POST_NMS_TOPK_TEST"]
+    trial = _trial_config(exp, tmp_path / "run")
+    assert trial["MODEL"]["RPN"]["POST_NMS_TOPK_TEST"] == cfg["MODEL.RPN.POST_NMS_TOPK_TEST"]
 
 
 def test_anchor_sizes_increase_within_bounds():
