@@ -48,13 +48,15 @@ def test_shapes_image_does_not_depend_on_count(tmp_path):
     assert (tmp_path / "a/train/000001.png").read_bytes() == (tmp_path / "b/train/000001.png").read_bytes()
 
 
-def test_shapes_masks_are_the_visible_pixels(tmp_path):
-    shapes.generate_shapes(tmp_path, seed=1, **{**SMALL, "train": 12})
+@pytest.mark.parametrize("domain", sorted(shapes.DOMAINS))
+def test_shapes_masks_are_the_visible_pixels(tmp_path, domain):
+    shapes.generate_shapes(tmp_path, seed=1, domain=domain, **{**SMALL, "train": 12})
     coco = json.loads((tmp_path / "train.json").read_text())
     assert [c["name"] for c in coco["categories"]] == list(shapes.CATEGORIES)
-    assert len(coco["annotations"]) >= 12
+    assert 12 <= len(coco["annotations"]) <= 12 * shapes.DOMAINS[domain].max_shapes
+    assert ("domain" in coco["info"]["params"]) == (domain != "shapes")  # older shapes folders stay valid
     for img in coco["images"]:
-        scene = shapes.render(np.random.default_rng([1, 0, img["id"] - 1]), 48)
+        scene = shapes.render(np.random.default_rng([1, 0, img["id"] - 1]), 48, shapes.DOMAINS[domain])
         png = np.asarray(Image.open(tmp_path / "train" / img["file_name"]))
         np.testing.assert_array_equal(png, scene.image)
         anns = [a for a in coco["annotations"] if a["image_id"] == img["id"]]
@@ -66,7 +68,7 @@ def test_shapes_masks_are_the_visible_pixels(tmp_path):
             assert not (mask & union).any()  # visible masks do not overlap
             union |= mask
             # every pixel of the mask shows this shape's colour (up to the pixel noise)
-            assert np.abs(png[mask] - scene.colours[k - 1]).max() <= shapes.NOISE + 0.5
+            assert np.abs(png[mask] - scene.colours[k - 1]).max() <= shapes.DOMAINS[domain].noise + 0.5
             ys, xs = np.nonzero(mask)
             assert ann["bbox"] == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
             assert ann["area"] == mask.sum() and ann["iscrowd"] == 0

@@ -142,6 +142,35 @@ def test_stored_costs_are_those_of_each_trials_own_config(searched, capsys):
     assert checked >= 4
 
 
+def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path, capsys):
+    """parent.config trains the parent into parent.weights (cached); every trial starts from it:
+    the reference (the parent's own arch) loads it whole, the others inherit part of it."""
+    from nars.config import dump, load_config
+
+    config = tmp_path / "parent.yaml"
+    config.write_text(dump(load_config("search_shapes", [
+        "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "64", "INPUT.MAX_SIZE_TRAIN", "64",
+        "DATASETS.TEST.JSON", "''"])))
+    parent = {"weights": str(tmp_path / "parent"), "arch": "", "config": str(config),
+              "shapes": {"out": str(tmp_path / "parent_shapes"), "train": 4, "val": 2, "size": 64, "seed": 1}}
+    exp = _experiment(tmp_path, parent=parent, **{"stage1.rounds": 1})
+    assert main(["search", str(exp), "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "parent" / "model_final.pth").is_file()
+    store = RunStore(tmp_path / "run" / "nars.sqlite")
+    trials = store.trials()
+    store.close()
+    assert {t["stage"] for t in trials} == {"stage1", "verify", "reference"}
+    for t in trials:
+        start = json.loads((tmp_path / "run" / "trials" / t["id"] / "start_weights.json").read_text())
+        assert start["weights"] == str(tmp_path / "parent" / "model_final.pth")
+        if t["stage"] == "reference":
+            assert start["mode"] == "load" and start["fraction"] == 1.0
+        else:
+            assert start["mode"] == "inherit" and 0 < start["fraction"] <= 1
+        if t["status"] in ("done", "pruned"):
+            assert t["metrics"]["inherited"] == start["fraction"]
+
+
 def test_pareto_json_and_plot(searched, capsys):
     png = searched["tmp"] / "front.png"
     assert main(["pareto", str(searched["run"]), "--json", "--plot", str(png)]) == 0

@@ -204,7 +204,7 @@ def test_cli_info_and_sample(capsys):
     assert main(["space", "sample", "fbnetv3is_quick", "--n", "3", "--max-params", "10"]) == 2
     assert "none of" in capsys.readouterr().err
     assert main(["space", "info", "no_such_space"]) == 2
-    assert "shipped: fbnetv3is, fbnetv3is_quick" in capsys.readouterr().err
+    assert "shipped: fbnetv3is, fbnetv3is_finetune, fbnetv3is_quick" in capsys.readouterr().err
 
 
 BAD_SPACES = [

@@ -7,7 +7,7 @@ import argparse
 import json
 
 from nars.data.coco import CocoInstances
-from nars.data.shapes import CATEGORIES, generate_shapes
+from nars.data.shapes import CATEGORIES, DOMAINS, generate_shapes
 from nars.data.stats import DatasetStats, Spread, dataset_stats
 
 
@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     shapes.add_argument("--val", type=int, default=50, help="validation images (default 50)")
     shapes.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
     shapes.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    shapes.add_argument("--domain", choices=sorted(DOMAINS), default="shapes",
+                        help="how the images look: shapes (1-4 large shapes on colour blobs, the default) or cells "
+                             "(up to 10 small shapes on a dark noisy background): a second domain to fine-tune on")
     shapes.set_defaults(run=run_shapes)
     info = group.add_parser("info", help="a COCO dataset's image and box sizes, objects per image, classes, "
                                          "and (with IMAGES) what training would use")
@@ -32,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_shapes(args: argparse.Namespace) -> int:
-    written = generate_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
-    what = f"{args.train} train + {args.val} val images of {args.size}x{args.size}, seed {args.seed}"
+    written = generate_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
+                              domain=args.domain)
+    what = f"{args.train} train + {args.val} val {args.domain} images of {args.size}x{args.size}, seed {args.seed}"
     if not written:
         print(f"{args.out} already holds this dataset ({what}); nothing to do")
         return 0

@@ -4,7 +4,7 @@ Why: a dataset that needs no download, that a small Mask R-CNN learns in minutes
 and whose masks are exact, so AP measures the model and not label noise.
 
 Each image has a background of smooth random colour blobs, a faint grating and pixel noise,
-and 1 to ``MAX_SHAPES`` shapes (``CATEGORIES``) of random colour, size, position and rotation,
+and 1 to ``Domain.max_shapes`` shapes (``CATEGORIES``) of random colour, size, position and rotation,
 painted in order so that later shapes occlude earlier ones. A pixel belongs to a shape when
 its centre lies inside it (no anti-aliasing): the picture is painted from the label map, so
 each mask is exactly the shape's visible pixels. A placement that would leave an earlier
@@ -41,10 +41,24 @@ from nars.errors import UserError
 CATEGORIES = ("circle", "square", "triangle", "star")
 SPLITS = ("train", "val")
 VERSION = 1  # bump when the drawing changes, so old folders no longer count as "the same dataset"
-MAX_SHAPES = 4
-RADIUS = (0.08, 0.2)  # circumradius, as a fraction of the image side
 MIN_VISIBLE = 0.5  # fraction of a shape that must stay visible under later shapes
-NOISE = 8  # pixel noise: uniform integers in [-NOISE, NOISE] on every channel
+
+
+@dataclass(frozen=True)
+class Domain:
+    """How a domain's images look. Two domains of the same categories let the project show
+    fine-tuning a parent trained on one ("shapes") on the other ("cells") without a download."""
+
+    max_shapes: int
+    radius: tuple[float, float]  # circumradius, as a fraction of the image side
+    noise: int  # pixel noise: uniform integers in [-noise, noise] on every channel
+    dark: bool  # a dark, nearly flat background (microscopy-like) instead of colour blobs and a grating
+
+
+DOMAINS = {
+    "shapes": Domain(max_shapes=4, radius=(0.08, 0.2), noise=8, dark=False),
+    "cells": Domain(max_shapes=10, radius=(0.04, 0.1), noise=16, dark=True),
+}
 COLOUR_GAP = 110.0  # wanted RGB distance from the background colour and the other shapes
 PLACEMENT_TRIES = 20
 MIN_SIZE = 32
@@ -83,18 +97,19 @@ def _shape_mask(kind: str, cx: float, cy: float, r: float, angle: float, centres
     return _inside_polygon(_vertices(kind, cx, cy, r, angle), centres)
 
 
-def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Smooth colour blobs (a coarse grid, bilinearly upsampled), a grating; and the base colour."""
-    base = rng.uniform(40, 215, 3)
+def _background(rng: np.random.Generator, size: int, dark: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth colour blobs (a coarse grid, bilinearly upsampled), a grating; and the base colour.
+    ``dark``: a dim grey base with faint blobs and no grating."""
+    base = rng.uniform(10, 45, 1).repeat(3) if dark else rng.uniform(40, 215, 3)
     grid = int(rng.integers(3, 7))
-    coarse = base + rng.uniform(-40, 40, (grid, grid, 3))
+    coarse = base + rng.uniform(-10, 10, (grid, grid, 1) if dark else (grid, grid, 3))
     t = (np.arange(size) + 0.5) / size * (grid - 1)
     hat = np.clip(1 - np.abs(t[:, None] - np.arange(grid)[None, :]), 0, None)  # linear interpolation weights
     field = np.einsum("ig,ghc,jh->ijc", hat, coarse, hat)
     freq, theta, phase = rng.uniform(0.05, 0.25), rng.uniform(0, np.pi), rng.uniform(0, 2 * np.pi)
     ys, xs = np.mgrid[:size, :size]
     grating = 12 * np.sin(2 * np.pi * freq * (xs * np.cos(theta) + ys * np.sin(theta)) + phase)
-    return field + grating[:, :, None], base
+    return field + (0 if dark else grating[:, :, None]), base
 
 
 def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
@@ -105,18 +120,18 @@ def _pick_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarra
     return candidates[int(np.argmax(ok)) if ok.any() else int(np.argmax(gaps))]
 
 
-def render(rng: np.random.Generator, size: int) -> Scene:
+def render(rng: np.random.Generator, size: int, domain: Domain = DOMAINS["shapes"]) -> Scene:
     """Draw one image and its label map."""
-    background, base = _background(rng, size)
+    background, base = _background(rng, size, domain.dark)
     centres = np.arange(size) + 0.5
     labels = np.zeros((size, size), np.uint8)
     full_areas = [0]
     category_ids: list[int] = []
     colours: list[np.ndarray] = []
-    for _ in range(int(rng.integers(1, MAX_SHAPES + 1))):
+    for _ in range(int(rng.integers(1, domain.max_shapes + 1))):
         for _ in range(PLACEMENT_TRIES):
             kind = int(rng.integers(len(CATEGORIES)))
-            r = rng.uniform(*RADIUS) * size
+            r = rng.uniform(*domain.radius) * size
             cx, cy = rng.uniform(r, size - r, 2)
             mask = _shape_mask(CATEGORIES[kind], cx, cy, r, rng.uniform(0, 2 * np.pi), centres)
             trial = np.where(mask, len(full_areas), labels).astype(np.uint8)
@@ -129,7 +144,7 @@ def render(rng: np.random.Generator, size: int) -> Scene:
                 break
     palette = np.concatenate([np.zeros((1, 3)), np.asarray(colours).reshape(-1, 3)])
     image = np.where(labels[:, :, None] > 0, palette[labels], background)
-    image = image + rng.integers(-NOISE, NOISE + 1, image.shape)
+    image = image + rng.integers(-domain.noise, domain.noise + 1, image.shape)
     return Scene(np.clip(np.rint(image), 0, 255).astype(np.uint8), labels, category_ids, palette[1:])
 
 
@@ -149,16 +164,18 @@ def _annotations(scene: Scene, image_id: int, first_id: int) -> list[dict[str, A
     return anns
 
 
-def _params(train: int, val: int, size: int, seed: int) -> dict[str, Any]:
-    return {"generator": "nars.data.shapes", "version": VERSION, "seed": seed, "size": size, "train": train, "val": val}
+def _params(train: int, val: int, size: int, seed: int, domain: str) -> dict[str, Any]:
+    params = {"generator": "nars.data.shapes", "version": VERSION, "seed": seed, "size": size, "train": train, "val": val}
+    return params if domain == "shapes" else {**params, "domain": domain}  # older folders stay "the same dataset"
 
 
 def _write_split(folder: Path, split: int, count: int, size: int, seed: int, params: dict, bar: tqdm) -> None:
     name = SPLITS[split]
     (folder / name).mkdir()
     images, anns = [], []
+    domain = DOMAINS[params.get("domain", "shapes")]
     for i in range(count):
-        scene = render(np.random.default_rng([seed, split, i]), size)
+        scene = render(np.random.default_rng([seed, split, i]), size, domain)
         file_name = f"{i:06d}.png"
         Image.fromarray(scene.image).save(folder / name / file_name, format="PNG")
         images.append({"id": i + 1, "file_name": file_name, "height": size, "width": size})
@@ -188,13 +205,15 @@ def _holds(out: Path, params: dict[str, Any]) -> bool:
 
 
 def generate_shapes(out: str | Path, *, train: int = 300, val: int = 50, size: int = 128, seed: int = 0,
-                    progress: bool = True) -> bool:
+                    domain: str = "shapes", progress: bool = True) -> bool:
     """Write the dataset to ``out``; False when ``out`` already holds exactly this dataset."""
     for flag, value, low in (("--train", train, 1), ("--val", val, 1), ("--size", size, MIN_SIZE), ("--seed", seed, 0)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
+    if domain not in DOMAINS:
+        raise UserError(f"--domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
     out = Path(out)
-    params = _params(train, val, size, seed)
+    params = _params(train, val, size, seed, domain)
     if out.exists():
         if not out.is_dir():
             raise UserError(f"{out}: exists and is not a folder")

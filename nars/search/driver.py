@@ -20,9 +20,11 @@ from typing import Any, Mapping
 
 from nars.config import load_config, set_key
 from nars.data.shapes import generate_shapes
+from nars.engine.trainer import train
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.model.cost import config_cost
+from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint, read_checkpoint, resolve_weights
 from nars.search.evolution import evolve
 from nars.search.experiment import load_experiment
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
@@ -34,14 +36,25 @@ logger = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"
 
 
+def _shapes(s: Mapping[str, Any], root: Path) -> dict[str, tuple[Path, Path]]:
+    """A generated shapes dataset (made when absent): its splits' (json, images)."""
+    out = (root / s["out"]).resolve()
+    generate_shapes(out, train=s["train"], val=s["val"], size=s["size"], seed=s["seed"], domain=s["domain"])
+    return {"train": (out / "train.json", out / "train"), "val": (out / "val.json", out / "val")}
+
+
+def _keys(files: Mapping[str, tuple[Path, Path]]) -> dict[str, str]:
+    return {
+        "DATASETS.TRAIN.JSON": str(files["train"][0]), "DATASETS.TRAIN.IMAGES": str(files["train"][1]),
+        "DATASETS.TEST.JSON": str(files["val"][0]), "DATASETS.TEST.IMAGES": str(files["val"][1]),
+    }
+
+
 def _dataset_keys(exp: Mapping[str, Any], root: Path) -> dict[str, str]:
     """DATASETS.* for the experiment; generates the shapes data when absent."""
     data = exp["dataset"]
     if data["shapes"]["out"]:
-        s = data["shapes"]
-        out = (root / s["out"]).resolve() if not Path(s["out"]).is_absolute() else Path(s["out"])
-        generate_shapes(out, train=s["train"], val=s["val"], size=s["size"], seed=s["seed"])
-        files = {"train": (out / "train.json", out / "train"), "val": (out / "val.json", out / "val")}
+        files = _shapes(data["shapes"], root)
     else:
         files = {k: (Path(data[k]["json"]).resolve(), Path(data[k]["images"]).resolve()) for k in ("train", "val")}
         for split, (js, images) in files.items():
@@ -49,10 +62,30 @@ def _dataset_keys(exp: Mapping[str, Any], root: Path) -> dict[str, str]:
                 raise UserError(f"dataset.{split}.json: {js} does not exist")
             if not images.is_dir():
                 raise UserError(f"dataset.{split}.images: {images} is not a folder")
-    return {
-        "DATASETS.TRAIN.JSON": str(files["train"][0]), "DATASETS.TRAIN.IMAGES": str(files["train"][1]),
-        "DATASETS.TEST.JSON": str(files["val"][0]), "DATASETS.TEST.IMAGES": str(files["val"][1]),
-    }
+    return _keys(files)
+
+
+def parent_weights(exp: Mapping[str, Any], root: Path, progress: bool) -> str:
+    """``parent.weights`` as the MODEL.WEIGHTS of every trial (a path made absolute), checked
+    to be a readable checkpoint of a known architecture; first trained from ``parent.config``
+    when its folder holds no checkpoint yet ("" when the experiment has no parent)."""
+    p = exp["parent"]
+    value = p["weights"]
+    if not value or named_checkpoint(value) is not None:
+        return value
+    path = (root / value).resolve()
+    if p["config"] and not path.is_file() and not (path / FINAL_WEIGHTS).is_file():
+        cfg = load_config(p["config"])
+        if p["shapes"]["out"]:
+            for key, v in _keys(_shapes(p["shapes"], root)).items():
+                set_key(cfg, key, v, "experiment parent.shapes")
+        logger.info("training the parent (%s) into %s; later searches reuse it", p["config"], path)
+        train(cfg, path, resume=path.is_dir(), progress=progress)
+    resolved, named_arch = resolve_weights(str(path))
+    if checkpoint_arch(resolved, read_checkpoint(resolved), named_arch, p["arch"]) is None:
+        raise UserError(f"parent.weights {resolved}: the checkpoint does not say which architecture it is of; "
+                        "set parent.arch (a reference name or an inline MODEL.FBNET_V2.ARCH)")
+    return str(path)
 
 
 class Search:
@@ -64,8 +97,13 @@ class Search:
         self.base = load_config(exp["base_config"])
         self.space: SearchSpace = load_space(exp["space"]).bind(self.base, exp["config"])  # trials' true costs
         sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
-        for key, value in _dataset_keys(exp, Path(exp.get("workdir", "."))).items():
+        root = Path(exp.get("workdir", "."))
+        for key, value in _dataset_keys(exp, root).items():
             set_key(self.base, key, value, "experiment dataset")
+        weights = parent_weights(exp, root, progress)
+        if weights:  # every trial starts from the parent (inherited onto its architecture)
+            set_key(self.base, "MODEL.WEIGHTS", weights, "experiment parent.weights")
+            set_key(self.base, "MODEL.WEIGHTS_ARCH", exp["parent"]["arch"], "experiment parent.arch")
         ray = exp["ray"]
         self.base["MODEL"]["DEVICE"] = "cuda" if ray["gpus_per_trial"] > 0 else "cpu"
         self.base["DATALOADER"]["NUM_WORKERS"] = 0  # a trial is one process on its own CPU share

@@ -20,14 +20,21 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "name": "nars",
     # Either shapes (generated when absent) or train + val COCO-format files.
     "dataset": {
-        "shapes": {"out": "", "train": 300, "val": 50, "size": 128, "seed": 0},
+        "shapes": {"out": "", "train": 300, "val": 50, "size": 128, "seed": 0, "domain": "shapes"},
         "train": {"json": "", "images": ""},
         "val": {"json": "", "images": ""},
     },
     # The checkpoint every candidate starts from (weight inheritance, nars.model.inherit): a
     # path, a NARS run folder (trial or export), or a named checkpoint; "" trains from scratch.
-    # arch: the checkpoint's MODEL.FBNET_V2.ARCH when the file does not record it.
-    "parent": {"weights": "", "arch": ""},
+    # arch: the checkpoint's MODEL.FBNET_V2.ARCH when the file does not record it. config: a
+    # config that trains the parent into the folder `weights` names when it holds no
+    # checkpoint yet (once: it is kept), on generated shapes when shapes.out is set.
+    "parent": {
+        "weights": "",
+        "arch": "",
+        "config": "",
+        "shapes": {"out": "", "train": 300, "val": 50, "size": 128, "seed": 0, "domain": "shapes"},
+    },
     "space": "fbnetv3is_quick",
     "base_config": "search_shapes",  # the FBNetV3IS config that candidates override
     "config": {},  # dotted FBNetV3IS config keys pinned for every trial (over base_config and the candidate)

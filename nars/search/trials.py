@@ -7,6 +7,7 @@ early, and a callback in the driver writes every report and outcome to the run s
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -18,7 +19,10 @@ from typing import Any, Mapping
 from ray.tune import Callback
 from tqdm import tqdm
 
+from nars.engine.trainer import START_WEIGHTS_FILE
 from nars.search.store import RunStore
+
+_REPORTED = ("iteration", "wall_time", "inherited")  # besides the APs
 
 
 @dataclass
@@ -41,6 +45,12 @@ def _flat(metrics: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def _inherited(out: Path) -> dict[str, float]:
+    """The share of the candidate's weights its parent gave it (``start_weights.json``)."""
+    path = out / START_WEIGHTS_FILE
+    return {"inherited": json.loads(path.read_text())["fraction"]} if path.is_file() else {}
+
+
 def run_trial(config: dict[str, Any], specs: Mapping[str, TrialSpec], threads: int) -> None:
     """The Ray Tune trainable: train the candidate from scratch and report AP as it goes."""
     import torch
@@ -58,7 +68,8 @@ def run_trial(config: dict[str, Any], specs: Mapping[str, TrialSpec], threads: i
 
     def on_eval(iteration: int, metrics: Mapping[str, Any]) -> None:
         # the candidate is scored by the weights its recipe delivers (EMA's when it keeps one)
-        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **_flat(recipe_metrics(metrics))})
+        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **_inherited(out),
+                     **_flat(recipe_metrics(metrics))})
 
     train(spec.cfg, out, progress=False, on_eval=on_eval)
 
@@ -97,7 +108,7 @@ class StoreCallback(Callback):
         self._show()
 
     def _result(self, trial: Any, result: Mapping[str, Any]) -> None:
-        report = {k: result[k] for k in result if k == "iteration" or k == "wall_time" or k.startswith(("segm_", "bbox_"))}
+        report = {k: result[k] for k in result if k in _REPORTED or k.startswith(("segm_", "bbox_"))}
         self.last[self._id(trial)] = report
         self.store.append_history(self._id(trial), report)
         self.best = max(self.best, report.get("segm_AP", 0.0))
@@ -107,7 +118,7 @@ class StoreCallback(Callback):
         tid = self._id(trial)
         last = self.last.get(tid, {})
         status = "done" if last.get("iteration", 0) >= self.specs[tid].max_iter else "pruned"
-        metrics = {k: v for k, v in last.items() if k not in ("iteration", "wall_time")}
+        metrics = {k: v for k, v in last.items() if k not in ("iteration", "wall_time")}  # AP, inherited
         self.store.finish(tid, status, metrics, wall_time=last.get("wall_time"))
         self._finished(status)
 
