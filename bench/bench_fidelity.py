@@ -2,6 +2,7 @@
 full-budget AP does?
 
     .venv/bin/python bench/bench_fidelity.py [--quick] [--candidates N] [--work DIR]
+    .venv/bin/python bench/bench_fidelity.py --experiment quickstart_finetune [--scratch] --candidates 12
 
 ``N`` (default 16, 12 with ``--quick``) feasible Sobol candidates of the quickstart
 experiment (space ``fbnetv3is_quick``, its constraints) are each trained twice, exactly as
@@ -11,8 +12,13 @@ COCO evaluation on the shapes val. Reported: Kendall tau and Spearman rho betwee
 stage-1 AP and the full AP (segm and bbox). ``--quick``
 uses tiny budgets (``trial_set.QUICK``) and fits in 5 minutes on 2 cores.
 
-Trials are kept in ``WORK/trials`` (``trials-quick``); ``bench_predictor.py`` with the same
-``--work`` reuses them. Writes ``WORK/fidelity.json`` and ``WORK/fidelity.png``.
+``--experiment`` takes another experiment's space, data and budgets (``quickstart_finetune``:
+every candidate inherits the parent's weights); ``--scratch`` drops its parent, so the same
+candidates train from random weights, for the comparison with and without inheritance.
+
+Trials are kept in ``WORK/trials`` (``trials-quick``, ``trials-EXPERIMENT[-scratch]``);
+``bench_predictor.py`` with the same ``--work`` reuses them. Writes ``WORK/fidelity*.json``
+and ``.png``, suffixed like the trials folder.
 """
 
 from __future__ import annotations
@@ -73,7 +79,8 @@ def main() -> None:
     parser = arguments(__doc__, full=16, quick=12)
     args = parser.parse_args()
     n = args.candidates or (12 if args.quick else 16)
-    trials = train_set(args.work, n, ("stage1", "verify"), quick=args.quick)
+    trials = train_set(args.work, n, ("stage1", "verify"), quick=args.quick, experiment=args.experiment,
+                       scratch=args.scratch)
     table = fidelity_table(trials)
     stats = correlations(table)
     print(table.round(4).to_string(index=False))
@@ -81,7 +88,8 @@ def main() -> None:
     print("| short vs full budget | Kendall tau | Spearman rho |\n|---|---|---|")
     for name, s in stats.items():
         print(f"| {name} | {s['kendall_tau']:.3f} | {s['spearman_rho']:.3f} |")
-    suffix = "-quick" if args.quick else ""
+    suffix = ("-quick" if args.quick else "") + ("" if args.experiment == "quickstart" else f"-{args.experiment}")
+    suffix += "-scratch" if args.scratch else ""
     atomic_write_text(args.work / f"fidelity{suffix}.json",
                       json.dumps({"candidates": len(table), "correlations": stats,
                                   "rows": table.to_dict(orient="records")}, indent=2, default=float) + "\n")

@@ -110,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     n = args.candidates or (24 if args.quick else 48)
     repeats = args.repeats or (3 if args.quick else 10)
-    trials = train_set(args.work, n, (args.stage,), quick=args.quick)
+    trials = train_set(args.work, n, (args.stage,), quick=args.quick, experiment=args.experiment, scratch=args.scratch)
     trials = trials[trials["status"] == "done"]
     space = load_space("fbnetv3is_quick")
     x = space.encode(list(trials["candidate"]))

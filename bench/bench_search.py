@@ -4,6 +4,11 @@
 
     .venv/bin/python bench/bench_search.py --quick --work /tmp/nars-bench-search-quick
     .venv/bin/python bench/bench_search.py --work /tmp/nars-bench-search
+    .venv/bin/python bench/bench_search.py --experiment quickstart_finetune --methods random --work /tmp/bsf
+
+``--experiment`` runs every method on another experiment (``quickstart_finetune``: every trial
+inherits the parent's weights, and NARS's reference trial is the parent architecture
+fine-tuned with the base recipe); ``--methods`` picks the baselines run beside NARS.
 
 Full mode: seeds 0, 1, 2 at the quickstart's own budget (``experiments/quickstart.yaml`` with
 ``verify.top_k 2``; when written, 2 rounds x 3 stage-1 trials, 2 verified candidates); 12 searches of
@@ -88,7 +93,7 @@ from tqdm import tqdm
 
 from nars.fileio import atomic_save_png, atomic_write_text
 from nars.search.driver import Search, ray_session, search
-from nars.search.experiment import load_experiment
+from nars.search.experiment import load_experiment, resolve_experiment_path
 from nars.search.pareto import hypervolume
 from nars.search.stage1 import METRIC
 from nars.search.store import STORE_FILE, RunStore
@@ -97,7 +102,6 @@ from search_spaces.sampling import Sample
 from search_spaces.space import canonical_id
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
 METHODS = ("NARS", "random", "tune-nevergrad", "tune-asha")
 QUICK = [  # a tiny budget: the whole run in about 5 minutes on 2 cores
     "stage1.rounds", "2", "stage1.trials_per_round", "2", "stage1.max_iter", "8", "stage1.eval_period", "4",
@@ -117,13 +121,13 @@ def overrides_for(args: argparse.Namespace, work: Path) -> list[str]:
     data = work / ("shapes-quick" if args.quick else "shapes")
     overrides = ["dataset.shapes.out", str(data), "verify.top_k", "2"]
     if args.quick:  # the experiment's own pins stay; the quick ones go on top
-        pins = {**load_experiment(QUICKSTART)["config"], **QUICK_CONFIG}
+        pins = {**load_experiment(args.experiment)["config"], **QUICK_CONFIG}
         overrides += [*QUICK, "config", json.dumps(pins)]
     return overrides
 
 
-def experiment(overrides: list[str], seed: int) -> dict[str, Any]:
-    exp = load_experiment(QUICKSTART, [*overrides, "seed", str(seed)])
+def experiment(source: str, overrides: list[str], seed: int) -> dict[str, Any]:
+    exp = load_experiment(source, [*overrides, "seed", str(seed)])
     exp["workdir"] = os.getcwd()  # as nars.search.driver.search sets it
     return exp
 
@@ -296,8 +300,8 @@ def verify_best(job: Search, k: int, label: str) -> None:
     job.run_pending(job.store.trials(stage="verify", status="pending"), label, asha=False)
 
 
-def run_baseline(method: str, overrides: list[str], seed: int, run_dir: Path, k: int) -> None:
-    job = Search(experiment(overrides, seed), run_dir, progress=False)
+def run_baseline(method: str, source: str, overrides: list[str], seed: int, run_dir: Path, k: int) -> None:
+    job = Search(experiment(source, overrides, seed), run_dir, progress=False)
     s1 = job.exp["stage1"]
     n = s1["rounds"] * s1["trials_per_round"]
     run_dir.mkdir(parents=True)
@@ -365,11 +369,11 @@ def _ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b and not math.isnan(a) and not math.isnan(b) else "n/a"
 
 
-def table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+def table(rows: list[dict[str, Any]], seeds: list[int], methods: tuple[str, ...]) -> str:
     lines = [("| method | seed | trials (search + verify) | search iters | best search segm AP | best verified segm AP "
               "| hypervolume (AP x MFLOPs) | wall s |"), "|---|---|---|---|---|---|---|---|"]
     medians: dict[str, dict[str, float]] = {}
-    for method in METHODS:
+    for method in methods:
         mine = [r for r in rows if r["method"] == method]
         for r in mine:
             lines.append(f"| {method} | {r['seed']} | {r['search_trials']} + {r['verify_trials']} | {r['search_iters']} "
@@ -383,7 +387,7 @@ def table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
     nars = medians["NARS"]
     lines += ["", ("| method | median best verified AP / NARS's | median hypervolume / NARS's "
                    "| median best search AP / NARS's |"), "|---|---|---|---|"]
-    for method in METHODS[1:]:
+    for method in methods[1:]:
         m = medians[method]
         lines.append(f"| {method} | {_ratio(m['best_verified_ap'], nars['best_verified_ap'])} "
                      f"| {_ratio(m['hypervolume'], nars['hypervolume'])} "
@@ -397,7 +401,7 @@ def table(rows: list[dict[str, Any]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float) -> None:
+def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float, methods: tuple[str, ...]) -> None:
     """Left: best verified segm AP per method (seeds as points, median as a bar). Right: every
     verified point in (MFLOPs, segm AP); the reference FBNetV3_A_dsmask as a dashed line."""
     import matplotlib
@@ -406,10 +410,10 @@ def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
-    colours = {m: f"C{i}" for i, m in enumerate(METHODS)}
+    colours = {m: f"C{i}" for i, m in enumerate(methods)}
     refs = [r["reference"]["segm_AP"] for r in rows if r["method"] == "NARS" and r["reference"]
             and r["reference"]["segm_AP"] is not None]
-    for i, method in enumerate(METHODS):
+    for i, method in enumerate(methods):
         mine = [r for r in rows if r["method"] == method]
         aps = [r["best_verified_ap"] for r in mine]
         left.bar(i, _median(aps), color=colours[method], alpha=0.35, width=0.6)
@@ -426,7 +430,7 @@ def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float) -> None:
             ax.axhline(_median(refs), color="crimson", ls="--", lw=1,
                        label="FBNetV3_A_dsmask, verify budget (median)" if ax is right else None)
         ax.grid(alpha=0.3)
-    left.set(xticks=range(len(METHODS)), xticklabels=METHODS, ylabel="best verified segm AP",
+    left.set(xticks=range(len(methods)), xticklabels=methods, ylabel="best verified segm AP",
              title="best verified model per seed (bar: median)")
     right.axvline(max_mflops, color="grey", ls=":", lw=1, label=f"max_mflops {max_mflops:g}")
     right.set(xlabel="MFLOPs", ylabel="verified segm AP", title="verified models (hypervolume: AP x MFLOPs)")
@@ -447,16 +451,22 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny budget: about 5 minutes on 2 cores")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--work", help="folder for data, runs and results (default: a new temporary one)")
+    parser.add_argument("--experiment", default="quickstart",
+                        help="the shared experiment, a name or path (default quickstart; e.g. quickstart_finetune)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS[1:], default=list(METHODS[1:]),
+                        help="the baselines run beside NARS (default: all)")
     args = parser.parse_args()
+    methods = ("NARS", *[m for m in METHODS[1:] if m in args.methods])
+    source = str(resolve_experiment_path(args.experiment))
     work = Path(args.work or tempfile.mkdtemp(prefix="nars-bench-search-")).resolve()
-    runs = {(m, s): work / "runs" / m / f"seed{s}" for m in METHODS for s in args.seeds}
+    runs = {(m, s): work / "runs" / m / f"seed{s}" for m in methods for s in args.seeds}
     work.mkdir(parents=True, exist_ok=True)
     overrides = overrides_for(args, work)
-    exp = experiment(overrides, args.seeds[0])  # checks the overrides before anything runs
+    exp = experiment(source, overrides, args.seeds[0])  # checks the overrides before anything runs
     s1, max_mflops = exp["stage1"], exp["constraints"]["max_mflops"]
     n = s1["rounds"] * s1["trials_per_round"]
     print(f"work {work}; commit {_commit()}; load before {os.getloadavg()[0]:.2f} (1-min average)")
-    print(f"experiment {QUICKSTART.name} + {' '.join(overrides)}: space {exp['space']}, constraints {exp['constraints']}, "
+    print(f"experiment {Path(source).name} + {' '.join(overrides)}: space {exp['space']}, constraints {exp['constraints']}, "
           f"N = {n} search trials ({s1['max_iter']} it.), top_k {exp['verify']['top_k']} verified "
           f"({exp['verify']['max_iter']} it.), seeds {args.seeds}")
 
@@ -487,27 +497,28 @@ def main() -> None:
 
     for seed in args.seeds:  # NARS first: its search opens and shuts its own Ray session
         verify_k[seed] = record("NARS", seed, partial(
-            search, str(QUICKSTART), [*overrides, "seed", str(seed)], out=str(runs["NARS", seed]), progress=False))["verify_trials"]
+            search, source, [*overrides, "seed", str(seed)], out=str(runs["NARS", seed]), progress=False))["verify_trials"]
     with ray_session(exp["ray"]):  # one session for every baseline run
         for seed in args.seeds:
-            for method in METHODS[1:]:
-                record(method, seed, partial(run_baseline, method, overrides, seed, runs[method, seed], verify_k[seed]))
+            for method in methods[1:]:
+                record(method, seed, partial(run_baseline, method, source, overrides, seed, runs[method, seed],
+                                             verify_k[seed]))
     bar.close()
     wall = time.time() - start
 
     for seed in args.seeds:
         counts = {r["method"]: (r["search_trials"], r["verify_trials"]) for r in rows if r["seed"] == seed}
         assert len(set(counts.values())) == 1 and counts["NARS"][0] == n, f"unequal budgets, seed {seed}: {counts}"
-    text = table(rows, args.seeds)
+    text = table(rows, args.seeds, methods)
     print(f"\n{text}\n")
     print(f"wall time {wall / 60:.1f} min; load after {os.getloadavg()[0]:.2f}")
     results = {
-        "mode": "quick" if args.quick else "full", "commit": _commit(), "experiment": str(QUICKSTART),
+        "mode": "quick" if args.quick else "full", "commit": _commit(), "experiment": source,
         "overrides": overrides, "seeds": args.seeds, "search_trials": n, "verify_trials": verify_k,
         "constraints": exp["constraints"], "wall_s": wall, "rows": rows, "table": text,
     }
     atomic_write_text(work / "results.json", json.dumps(_json(results), indent=2) + "\n")
-    plot(work / "search_efficiency.png", rows, max_mflops)
+    plot(work / "search_efficiency.png", rows, max_mflops, methods)
     print(f"wrote {work / 'results.json'} and {work / 'search_efficiency.png'}")
 
 

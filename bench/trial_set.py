@@ -31,16 +31,21 @@ QUICK = [  # the --quick modes (<= 5 minutes on 2 cores): bench_search's tiny sc
 
 
 def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: int = 0,
-              experiment: str = "quickstart") -> pd.DataFrame:
+              experiment: str = "quickstart", scratch: bool = False) -> pd.DataFrame:
     """Train the first ``n`` feasible Sobol candidates at each of ``stages`` ("stage1", "verify");
-    one row per trained trial: candidate, stage, MFLOPs, params, metrics, history."""
-    data = work / "data" / ("shapes-quick" if quick else "shapes")
+    one row per trained trial: candidate, stage, MFLOPs, params, metrics, history. ``scratch``:
+    without the experiment's parent (every candidate from random weights)."""
+    name = "" if experiment == "quickstart" else f"-{experiment}"
+    data = work / "data" / (("shapes-quick" if quick else "shapes") + name)
     overrides = ["seed", str(seed), "dataset.shapes.out", str(data.resolve())]
+    if scratch:
+        overrides += ["parent.weights", ""]
+        name += "-scratch"
     if quick:
         pins = {**load_experiment(experiment)["config"], **QUICK_CONFIG}
         overrides += [*QUICK, "config", json.dumps(pins)]
     exp = load_experiment(experiment, overrides)
-    run_dir = work / ("trials-quick" if quick else "trials")
+    run_dir = work / (("trials-quick" if quick else "trials") + name)
     run_dir.mkdir(parents=True, exist_ok=True)
     job = Search(copy.deepcopy(exp), run_dir, progress=True)
     picks = sample(job.space, n, method="sobol", seed=seed, **exp["constraints"])
@@ -62,9 +67,11 @@ def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: i
 
 
 def arguments(doc: str, full: int, quick: int) -> argparse.ArgumentParser:
-    """The options every trial-set benchmark takes: --quick, --candidates, --work."""
+    """The options every trial-set benchmark takes: --quick, --candidates, --work, --experiment, --scratch."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny budgets, <= 5 minutes on 2 cores")
     parser.add_argument("--candidates", type=int, help=f"trained candidates (default {full}, --quick {quick})")
     parser.add_argument("--work", type=Path, default=Path("bench-work"), help="trials and outputs (default bench-work)")
+    parser.add_argument("--experiment", default="quickstart", help="whose space, data and budgets (default quickstart)")
+    parser.add_argument("--scratch", action="store_true", help="drop the experiment's parent: train from random weights")
     return parser
