@@ -45,3 +45,15 @@ def one_thread() -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def train_losses(cfg: dict, out: Path) -> list[float]:
+    """Train ``cfg`` into ``out`` in this process, logging every iteration; the losses logged."""
+    from nars.engine.events import EventWriter, read_metrics
+    from nars.engine.trainer import Trainer, prepare
+
+    run = prepare(cfg, out, resume=False, world_size=1)
+    writer = EventWriter(out)
+    Trainer(run, writer, progress=False, log_period=1).train()
+    writer.close()
+    return [r["loss"] for r in read_metrics(out) if "loss" in r]

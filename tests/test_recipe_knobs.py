@@ -8,12 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from engine_helpers import TINY_TRAIN, data_overrides, one_thread
+from engine_helpers import TINY_TRAIN, data_overrides, one_thread, train_losses
 from nars.config import load_config
 from nars.data.coco import CocoInstances, RandomCrop, crop_from_config, dataset_from_config
 from nars.data.shapes import generate_shapes
-from nars.engine.events import EventWriter, read_metrics
-from nars.engine.trainer import Trainer, prepare
 from nars.errors import UserError
 from nars.model.arch import parse_block
 from nars.model.blocks import InvertedResidual
@@ -194,11 +192,7 @@ def test_training_runs_with_every_knob_on(shapes, tmp_path):
              "MODEL.FBNET_V2.DROP_CONNECT_RATE", "0.2"]
     cfg = load_config(None, TINY_TRAIN + data_overrides(shapes, test=False) + knobs)
     with one_thread():
-        run = prepare(cfg, tmp_path, resume=False, world_size=1)
-        writer = EventWriter(tmp_path)
-        Trainer(run, writer, progress=False, log_period=1).train()
-        writer.close()
-    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+        losses = train_losses(cfg, tmp_path)
     assert len(losses) == 4 and all(np.isfinite(losses))
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from engine_helpers import TINY_TRAIN, data_overrides, make_shapes, one_thread
+from engine_helpers import TINY_TRAIN, data_overrides, make_shapes, one_thread, train_losses
 from nars.cli import build_parser, main
 from nars.commands.config_args import parse_late_options
 from nars.config import load_config
@@ -33,11 +33,7 @@ def _one_thread():
 def test_a_few_iterations_lower_the_loss(shapes, tmp_path):
     cfg = load_config(None, TINY_TRAIN + data_overrides(shapes, test=False) +
                       ["SOLVER.MAX_ITER", "24", "SOLVER.BASE_LR", "0.02", "SOLVER.WARMUP_ITERS", "4"])
-    run = prepare(cfg, tmp_path, resume=False, world_size=1)
-    writer = EventWriter(tmp_path)
-    Trainer(run, writer, progress=False, log_period=1).train()
-    writer.close()
-    losses = [r["loss"] for r in read_metrics(tmp_path) if "loss" in r]
+    losses = train_losses(cfg, tmp_path)
     assert len(losses) == 24 and all(np.isfinite(losses))
     assert np.mean(losses[-6:]) < 0.8 * np.mean(losses[:6])
 
