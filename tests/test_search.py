@@ -213,6 +213,8 @@ def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, cap
         ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
                       "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),
         ({"ray": {"address": "127.0.0.1:9"}}, "ray.address 127.0.0.1:9: nothing answers there"),
+        ({"parent": {"weights": "/nope/parent"}}, "parent.weights: MODEL.WEIGHTS: checkpoint file /nope/parent"),
+        ({"parent": {"weights": str(DATA / "tiny_search.yaml")}}, "tiny_search.yaml: not a readable PyTorch checkpoint"),
     ],
 )
 def test_bad_experiments_give_one_line_and_write_nothing(tmp_path, capsys, change, message):
@@ -225,6 +227,17 @@ def test_bad_experiments_give_one_line_and_write_nothing(tmp_path, capsys, chang
     code = main(["search", str(path), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_parent_of_unknown_architecture_is_refused(tmp_path, capsys):
+    import torch
+
+    torch.save({"model": {"backbone.body.trunk0.fbnetv2_0_0.conv.weight": torch.zeros(16, 3, 3, 3)}}, tmp_path / "p.pth")
+    exp = _experiment(tmp_path, parent={"weights": str(tmp_path / "p.pth")})
+    assert main(["search", str(exp), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not say which architecture it is of; set parent.arch" in err
     assert not (tmp_path / "run").exists()
 
 

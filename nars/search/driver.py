@@ -71,21 +71,26 @@ def parent_weights(exp: Mapping[str, Any], root: Path, progress: bool) -> str:
     when its folder holds no checkpoint yet ("" when the experiment has no parent)."""
     p = exp["parent"]
     value = p["weights"]
-    if not value or named_checkpoint(value) is not None:
-        return value
-    path = (root / value).resolve()
-    if p["config"] and not path.is_file() and not (path / FINAL_WEIGHTS).is_file():
-        cfg = load_config(p["config"])
-        if p["shapes"]["out"]:
-            for key, v in _keys(_shapes(p["shapes"], root)).items():
-                set_key(cfg, key, v, "experiment parent.shapes")
-        logger.info("training the parent (%s) into %s; later searches reuse it", p["config"], path)
-        train(cfg, path, resume=path.is_dir(), progress=progress)
-    resolved, named_arch = resolve_weights(str(path))
+    if not value:
+        return ""
+    if named_checkpoint(value) is None:
+        path = (root / value).resolve()
+        if p["config"] and not path.is_file() and not (path / FINAL_WEIGHTS).is_file():
+            cfg = load_config(p["config"])
+            if p["shapes"]["out"]:
+                for key, v in _keys(_shapes(p["shapes"], root)).items():
+                    set_key(cfg, key, v, "experiment parent.shapes")
+            logger.info("training the parent (%s) into %s; later searches reuse it", p["config"], path)
+            train(cfg, path, resume=path.is_dir(), progress=progress)
+        value = str(path)
+    try:
+        resolved, named_arch = resolve_weights(value)
+    except UserError as e:
+        raise UserError(f"parent.weights: {e}") from None
     if checkpoint_arch(resolved, read_checkpoint(resolved), named_arch, p["arch"]) is None:
         raise UserError(f"parent.weights {resolved}: the checkpoint does not say which architecture it is of; "
                         "set parent.arch (a reference name or an inline MODEL.FBNET_V2.ARCH)")
-    return str(path)
+    return value
 
 
 class Search:
@@ -98,12 +103,12 @@ class Search:
         self.space: SearchSpace = load_space(exp["space"]).bind(self.base, exp["config"])  # trials' true costs
         sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
         root = Path(exp.get("workdir", "."))
-        for key, value in _dataset_keys(exp, root).items():
-            set_key(self.base, key, value, "experiment dataset")
         weights = parent_weights(exp, root, progress)
         if weights:  # every trial starts from the parent (inherited onto its architecture)
             set_key(self.base, "MODEL.WEIGHTS", weights, "experiment parent.weights")
             set_key(self.base, "MODEL.WEIGHTS_ARCH", exp["parent"]["arch"], "experiment parent.arch")
+        for key, value in _dataset_keys(exp, root).items():
+            set_key(self.base, key, value, "experiment dataset")
         ray = exp["ray"]
         self.base["MODEL"]["DEVICE"] = "cuda" if ray["gpus_per_trial"] > 0 else "cpu"
         self.base["DATALOADER"]["NUM_WORKERS"] = 0  # a trial is one process on its own CPU share
