@@ -61,8 +61,8 @@ Fairness rules:
   smaller). The baselines verify their k best distinct candidates by last reported segm AP.
   Asserted. ASHA-stopped trials count as whole trials (the "search iters" column shows the
   iterations actually trained). Failed trials count too.
-- NARS's reference trial (FBNetV3_A_dsmask at the verify budget, outside the constraints at
-  3,031 MFLOPs) is not one of its k: it is shown as a reference line only.
+- NARS's reference trial (FBNetV3_A_dsmask at the verify budget, outside the quickstart's constraints at
+  1,231 MFLOPs, costed as its trial trains) is not one of its k: it is shown as a reference line only.
 
 Metrics per (method, seed): best verified segm AP; hypervolume of the verified points in
 (segm AP up, MFLOPs down) with ``ref_cost = constraints.max_mflops`` and reference AP 0
