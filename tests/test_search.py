@@ -241,6 +241,18 @@ def test_a_parent_of_unknown_architecture_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("name", ["quickstart", "quickstart_finetune", "coco_fbnetv3is"])
+def test_shipped_experiments_load_with_feasible_constraints(name):
+    from nars.config import load_config
+    from search_spaces import load_space
+
+    exp = load_experiment(name)
+    space = load_space(exp["space"]).bind(load_config(exp["base_config"]), exp["config"])
+    assert len(sample(space, 4, **exp["constraints"])) == 4
+    if exp["parent"]["config"]:
+        assert load_config(exp["parent"]["config"])["MODEL"]["FBNET_V2"]["ARCH"] == exp["verify"]["reference"]
+
+
 def test_a_non_empty_out_folder_is_refused(tmp_path, capsys):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("precious")
