@@ -83,6 +83,17 @@ def test_added_blocks_are_identities_when_only_depth_grew(parent):
         assert torch.equal(a[field], b[field]), field
 
 
+def test_an_added_squeeze_excite_keeps_the_parent_function(parent):
+    """A 0.5 gate (expand conv at 0) and a doubled projection: the parent's outputs, exactly."""
+    child = _model(_arch(trunk=[(2, 1, 0, "ir_k3_se")], mask_head=[(0, 1, 0, "ir_k3_se")]))
+    report = inherit(child, parent.state_dict(), parent.arch)
+    assert f"{T2}1.se.se.0.conv.weight" in report.fresh
+    assert torch.equal(child.state_dict()[f"{T2}1.pwl.conv.weight"], 2 * parent.state_dict()[f"{T2}1.pwl.conv.weight"])
+    a, b = _outputs(parent), _outputs(child)
+    for field in ("boxes", "scores", "labels", "masks"):
+        assert torch.equal(a[field], b[field]), field
+
+
 def test_a_child_that_contains_the_parent_starts_as_the_parent(parent):
     """Wider outputs and inner widths, a larger kernel: new channels are not read (their
     readers start at 0) and kernels are zero-padded, so the outputs stay the parent's."""

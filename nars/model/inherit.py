@@ -16,6 +16,9 @@ block, in every part (trunk, RPN, box head, mask head):
   squeeze width), and every tensor sharing them (pw, its norm, dw, SE, pwl) takes the same
   channels. Channels the parent lacks start fresh, and the weights that read them start at 0.
 - **Kernels.** Larger parent kernels are centre-cropped; smaller ones are zero-padded.
+- **Squeeze-excitation.** An SE the parent's block lacks starts as a constant gate of 0.5
+  (its expand conv at 0) and the projection after it is doubled, so the block still computes
+  the parent's function (exactly: both factors are powers of 2) while the SE trains.
 - **Predictors.** Copied (their input channels sliced) when the class count (and, for the RPN,
   the anchor count) is the parent's; fresh otherwise, as ``nars.model.weights`` does.
 
@@ -179,6 +182,7 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
     new_state: dict[str, torch.Tensor] = {}
     report = InheritReport()
     maps_of: dict[str, dict[str, torch.Tensor]] = {}
+    matched: dict[str, str] = {}  # child block prefix -> the parent's
     for key, value in own.items():
         stat = key.endswith(_NORM_STATS)
         if not stat:
@@ -193,7 +197,7 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
                 if child_prefix not in report.new_blocks:
                     report.new_blocks.append(child_prefix)
                 continue
-            parent_prefix = f"{match['stage']}fbnetv2_{s}_{pb}."
+            parent_prefix = matched.setdefault(child_prefix, f"{match['stage']}fbnetv2_{s}_{pb}.")
             pkey, roles = parent_prefix + suffix, _roles(suffix)
             if child_prefix not in maps_of:
                 maps_of[child_prefix] = {
@@ -223,6 +227,12 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
         new_state[key] = moved[0]
         if not stat:
             report.inherited += moved[1]
+    for prefix, parent_prefix in matched.items():
+        gate, projection = prefix + "se.se.1.", prefix + "pwl.conv.weight"
+        if gate + "weight" in own and parent_prefix + "se.se.1.weight" not in parent_state and projection in new_state:
+            new_state[gate + "weight"] = torch.zeros_like(own[gate + "weight"])  # sigmoid(0) = 0.5 everywhere
+            new_state[gate + "bias"] = torch.zeros_like(own[gate + "bias"])
+            new_state[projection] = new_state[projection] * 2
     for prefix in report.new_blocks:
         gamma = prefix + "pwl.bn.weight"
         if gamma in own and getattr(model.get_submodule(prefix[:-1]), "use_residual", False):
