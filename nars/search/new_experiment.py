@@ -20,10 +20,12 @@ from nars.data.coco import CocoInstances
 from nars.data.stats import DatasetStats, dataset_stats
 from nars.errors import UserError
 from nars.model.arch import TRUNK_OUTPUT_STRIDE
+from nars.model.weights import named_checkpoint
 from nars.search.experiment import EXPERIMENT_DEFAULTS
 from search_spaces import load_space
 
 SPACE = "fbnetv3is_quick"  # CPU-sized widths, depths and recipes; fbnetv3is is for GPU clusters
+FINETUNE_SPACE = "fbnetv3is_finetune"  # the same with a fine-tuning recipe, for a --parent
 BASE_CONFIG = "search_shapes"  # the quick space's reference (FBNetV3_A_dsmask, short AdamW recipe)
 
 MAX_INPUT_SIDE = 800  # longer input side: CPU training cost grows with pixels
@@ -250,6 +252,9 @@ def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: st
                    max_mflops: float | None = None, max_params: int | None = None) -> str:
     """The experiment file's text for ``nars search``, derived from the two splits and ``cpus`` cores."""
     stats = {"train": split_stats(train), "val": split_stats(val)}
+    space = FINETUNE_SPACE if parent else SPACE
+    if parent and named_checkpoint(parent) is None:
+        parent = str(Path(parent).resolve())  # searches may run from another folder
     if list(stats["val"].classes) != list(stats["train"].classes):
         raise UserError(f"{val.json}: categories {list(stats['val'].classes)} differ from {train.json}'s "
                         f"{list(stats['train'].classes)}")
@@ -264,8 +269,9 @@ def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: st
                     for s, split in (("train", train), ("val", val))},
         "parent": {"weights": _flag(parent, "parent", "none: candidates train from scratch"),
                    "arch": _flag(parent_arch, "parent-arch", "read from the checkpoint")},
-        "space": Derived(SPACE, "CPU-sized FBNetV3IS widths and recipes (fbnetv3is: GPU clusters); "
-                                "config below replaces its shapes-specific keys"),
+        "space": Derived(space, "CPU-sized FBNetV3IS widths and recipes (fbnetv3is: GPU clusters)"
+                                + ("; fine-tuning recipes, for the parent" if parent else "")
+                                + "; config below replaces its shapes-specific keys"),
         "base_config": Derived(BASE_CONFIG, "the quick space's reference, FBNetV3_A_dsmask"),
         "config": _data_config(stats, size),
         "constraints": {
@@ -276,17 +282,17 @@ def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: st
     }
     tree = _complete(derived, EXPERIMENT_DEFAULTS)
     del tree["dataset"]["shapes"]  # the files replace the generated data
-    return "\n".join(_header(stats, b, cpus) + _render(tree)) + "\n"
+    return "\n".join(_header(stats, b, cpus, space) + _render(tree)) + "\n"
 
 
-def _header(stats: Mapping[str, DatasetStats], b: Budget, cpus: int) -> list[str]:
+def _header(stats: Mapping[str, DatasetStats], b: Budget, cpus: int, space: str) -> list[str]:
     described = "; ".join(f"{s} {st.images} images, {st.instances} objects" for s, st in stats.items())
     return [
         f"# Written by `nars experiment new` ({described}; {cpus} cores).",
         "# Run it with `nars search FILE`.",
         "# A comment says where each derived value came from; uncommented keys are nars' defaults",
         "# (nars/search/experiment.py). `config` keys are pinned over every candidate, so these data",
-        f"# settings win over {SPACE}'s own (made for 128 px shapes) and the MFLOPs constraint counts them.",
+        f"# settings win over {space}'s own (made for 128 px shapes) and the MFLOPs constraint counts them.",
         f"# Estimated search time ~{b.minutes:.0f} min: a rough guess, see verify.max_iter.",
         "# `nars data info JSON IMAGES` prints the statistics these values come from.",
     ]
