@@ -90,8 +90,7 @@ class Budget:
 
 
 def split_stats(split: Split) -> DatasetStats:
-    """The split's statistics, once it loads as training will read it (UserErrors name the file)."""
-    CocoInstances(split.json, split.images)
+    """The split's statistics (UserErrors name the file)."""
     stats = dataset_stats(split.json)
     if not stats.instances:
         raise UserError(f"{split.json}: has no (non-crowd) annotations; a detector needs objects to learn and score")
@@ -258,6 +257,8 @@ def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: st
     if list(stats["val"].classes) != list(stats["train"].classes):
         raise UserError(f"{val.json}: categories {list(stats['val'].classes)} differ from {train.json}'s "
                         f"{list(stats['train'].classes)}")
+    for split in (train, val):  # loads as training will read it; last, as the loader logs a summary line
+        CocoInstances(split.json, split.images)
     size = input_size(stats["train"])
     batch, max_iter = _recipe(EXPERIMENT_DEFAULTS["verify"]["reference"])
     b = budget(cpus, size.pixels, batch, max_iter, EXPERIMENT_DEFAULTS["stage1"]["rounds"],
