@@ -136,7 +136,7 @@ def test_stored_costs_are_those_of_each_trials_own_config(searched, capsys):
         assert main(["model", "info", str(config), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["mflops"]["input_size"] == [64, 64]
-        assert t["mflops"] == pytest.approx(info["mflops"]["total"], rel=1e-6)
+        assert t["mflops"] == pytest.approx(info["mflops"]["total"], abs=1e-3)  # info rounds to 3 decimals
         assert t["params"] == info["params"]["total"]
         checked += 1
     assert checked >= 4
