@@ -39,7 +39,7 @@ def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: i
     data = work / "data" / (("shapes-quick" if quick else "shapes") + name)
     overrides = ["seed", str(seed), "dataset.shapes.out", str(data.resolve())]
     if scratch:
-        overrides += ["parent.weights", ""]
+        overrides += ["parent.weights", "''"]  # a YAML empty string
         name += "-scratch"
     if quick:
         pins = {**load_experiment(experiment)["config"], **QUICK_CONFIG}
