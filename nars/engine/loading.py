@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from nars.errors import UserError
-from nars.model.inherit import inherit
+from nars.model.inherit import inherit, is_norm_stat
 from nars.model.weights import (
     LoadReport,
     checkpoint_arch,
@@ -75,18 +75,13 @@ def load_start_weights(model: nn.Module, model_cfg: Mapping[str, Any]) -> dict[s
     if parent is None or parent.to_data() == model.arch.to_data():
         report = load_state(model, state)
         check_fit(report, model, f"weights {value}", complete=False)
-        total = sum(v.numel() for k, v in model.state_dict().items() if not _is_stat(k))
-        copied = sum(v.numel() for k, v in model.state_dict().items()
-                     if not _is_stat(k) and k in state and k not in report.missing and k not in report.reinitialized)
-        return {"weights": str(path), "mode": "load", "fraction": copied / total, **report.to_dict()}
+        weights = {k: v.numel() for k, v in model.state_dict().items() if not is_norm_stat(k)}
+        copied = sum(n for k, n in weights.items() if k in state and k not in report.reinitialized)
+        return {"weights": str(path), "mode": "load", "fraction": copied / sum(weights.values()), **report.to_dict()}
     result = inherit(model, state, parent)
     logger.info("weights %s (%s) inherited: %.1f%% of the weights, %d new block(s) (%d as identities)", value,
                 parent.name, 100 * result.fraction, len(result.new_blocks), len(result.identity_blocks))
     return {"weights": str(path), "mode": "inherit", "parent_arch": parent.to_data(), **result.to_dict()}
-
-
-def _is_stat(key: str) -> bool:
-    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
 
 
 def load_resume_state(model: nn.Module, checkpoint: Mapping[str, Any], source: str) -> None:

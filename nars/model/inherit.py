@@ -93,6 +93,11 @@ class InheritReport:
         return asdict(self)
 
 
+def is_norm_stat(key: str) -> bool:
+    """A norm's running statistics (or its batch counter): state, not weights; never counted."""
+    return key.endswith(_NORM_STATS)
+
+
 def _part(key: str) -> str | None:
     return next((part for prefix, part in _PART_PREFIXES.items() if key.startswith(prefix)), None)
 
@@ -184,7 +189,7 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
     maps_of: dict[str, dict[str, torch.Tensor]] = {}
     matched: dict[str, str] = {}  # child block prefix -> the parent's
     for key, value in own.items():
-        stat = key.endswith(_NORM_STATS)
+        stat = is_norm_stat(key)
         if not stat:
             report.total += value.numel()
         match = _BLOCK_KEY.match(key)
@@ -238,7 +243,7 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
         if gamma in own and getattr(model.get_submodule(prefix[:-1]), "use_residual", False):
             new_state[gamma] = torch.zeros_like(own[gamma])  # the block starts as the identity
             report.identity_blocks.append(prefix)
-        report.fresh.extend(k for k in own if k.startswith(prefix) and not k.endswith(_NORM_STATS))
+        report.fresh.extend(k for k in own if k.startswith(prefix) and not is_norm_stat(k))
     model.load_state_dict(new_state, strict=False)
     report.fraction = report.inherited / report.total if report.total else 0.0
     return report

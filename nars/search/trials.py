@@ -52,7 +52,8 @@ def _inherited(out: Path) -> dict[str, float]:
 
 
 def run_trial(config: dict[str, Any], specs: Mapping[str, TrialSpec], threads: int) -> None:
-    """The Ray Tune trainable: train the candidate from scratch and report AP as it goes."""
+    """The Ray Tune trainable: train the candidate (from its config's MODEL.WEIGHTS, the
+    experiment's parent, when set) and report AP as it goes."""
     import torch
     from ray import tune
 
