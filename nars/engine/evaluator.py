@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import time
@@ -40,6 +41,7 @@ from nars.engine import distributed as comm
 from nars.engine.loading import checkpoint_has_ema, load_run_weights
 from nars.errors import UserError
 from nars.model.fbnetv3is import build_model
+from nars.model.fuse import fuse_for_inference
 from nars.model.transform import binary_masks
 
 IOU_TYPES = ("bbox", "segm")
@@ -180,24 +182,21 @@ class Evaluation:
 @torch.no_grad()
 def inference_on_dataset(model: nn.Module, loader: Iterable[Any], evaluator: CocoEvaluator,
                          device: torch.device) -> Evaluation:
-    """Run ``model`` (eval mode) over ``loader`` and score it; the model's mode is restored.
-    Randomness is forked, so evaluating never changes a training run's RNG stream."""
-    was_training = model.training
-    model.eval()
+    """Score ``model`` on ``loader``: a copy of it, fused for inference (nars.model.fuse), runs,
+    so ``model`` itself is left as it was. Randomness is forked, so evaluating never changes a
+    training run's RNG stream."""
+    model = fuse_for_inference(copy.deepcopy(model))
     evaluator.reset()
     images, seconds = 0, 0.0
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            for batch, targets in loader:
-                start = time.perf_counter()
-                outputs = model([image.to(device) for image in batch])
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                seconds += time.perf_counter() - start
-                images += len(batch)
-                evaluator.process(targets, outputs)
-    finally:
-        model.train(was_training)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for batch, targets in loader:
+            start = time.perf_counter()
+            outputs = model([image.to(device) for image in batch])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - start
+            images += len(batch)
+            evaluator.process(targets, outputs)
     metrics = evaluator.evaluate()
     counts = comm.all_gather_object((images, seconds))
     return Evaluation(metrics, sum(c[0] for c in counts), max(c[1] for c in counts))

@@ -34,6 +34,7 @@ from nars.engine.loading import checkpoint_categories, load_run_weights
 from nars.errors import UserError
 from nars.fileio import atomic_write_bytes, atomic_write_text
 from nars.model.fbnetv3is import FBNetV3IS, build_model
+from nars.model.fuse import fuse_for_inference
 from nars.model.transform import binary_masks
 
 logger = logging.getLogger(__name__)
@@ -140,11 +141,12 @@ class PredictionSummary:
 
 
 def load_predictor(cfg: Mapping[str, Any], weights: str) -> tuple[FBNetV3IS, torch.device]:
-    """The config's model with every tensor of ``weights``, on its device, in eval mode."""
+    """The config's model with every tensor of ``weights``, on its device, fused for
+    inference (nars.model.fuse)."""
     device = device_for(cfg["MODEL"]["DEVICE"])
     model = build_model(cfg)
     load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
-    return to_device(model, device).eval(), device
+    return fuse_for_inference(to_device(model, device)), device
 
 
 def image_tensor(image: Image.Image) -> torch.Tensor:

@@ -1,0 +1,91 @@
+"""The inference path (nars.model.fuse) computes what the model computes, faster.
+
+Folding uses random, non-trivial norm statistics; the whole-model check uses the d2go
+golden checkpoint (trained weights, so no score ties reorder detections)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+
+from nars.config import load_config
+from nars.engine.distributed import to_device
+from nars.engine.inference import image_tensor, read_rgb
+from nars.model.arch import BlockSpec
+from nars.model.blocks import ConvNormAct, InvertedResidual
+from nars.model.fbnetv3is import build_model
+from nars.model.fuse import SubpixelUpsampleBlock, fuse_for_inference
+from nars.model.norm import norm_factory
+from nars.model.weights import load_weights
+
+GOLDEN = Path(__file__).parent / "data" / "d2go_golden"
+
+
+def _randomise_norms(module: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm2d, FrozenBatchNorm2d, nn.GroupNorm)):
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) - 0.5)
+                if hasattr(m, "running_mean") and m.running_mean is not None:
+                    m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) - 0.5)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return module.eval()
+
+
+@pytest.mark.parametrize("norm", ["BN", "NaiveSyncBN", "FrozenBN", "GN"])
+def test_norms_fold_into_convs_when_their_statistics_are_fixed(norm):
+    block = _randomise_norms(ConvNormAct(16, 32, 3, norm=norm_factory(norm, 8)))
+    x = torch.randn(2, 16, 9, 11)
+    with torch.no_grad():
+        expected = block(x)
+        fused = fuse_for_inference(copy.deepcopy(block))
+        torch.testing.assert_close(fused(x), expected, rtol=1e-5, atol=1e-5)
+    assert isinstance(fused.bn, nn.GroupNorm if norm == "GN" else nn.Identity)
+
+
+@pytest.mark.parametrize("kernel,expansion,in_channels", [(3, 3, 24), (5, 4, 24), (7, 1, 16), (3, 1, 16)])
+def test_an_upsampling_block_is_computed_at_its_input_resolution(kernel, expansion, in_channels):
+    spec = BlockSpec("ir", kernel, False, 16, -2, 1, expansion)
+    block = _randomise_norms(InvertedResidual(in_channels, spec, nn.BatchNorm2d))
+    x = torch.randn(3, in_channels, 7, 5)
+    with torch.no_grad():
+        expected = block(x)
+        fused = fuse_for_inference(nn.Sequential(copy.deepcopy(block)))
+        assert isinstance(fused[0], SubpixelUpsampleBlock)
+        assert (fused[0].pw is None) == (block.pw is None)
+        out = fused(x)
+    assert out.shape == expected.shape == (3, 16, 14, 10)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_upsampling_block_with_se_keeps_its_layers():
+    block = InvertedResidual(16, BlockSpec("ir", 3, True, 16, -2, 1, 2), nn.BatchNorm2d)
+    fused = fuse_for_inference(nn.Sequential(block))
+    assert isinstance(fused[0], InvertedResidual) and isinstance(fused[0].pwl.bn, nn.Identity)
+
+
+def test_the_fused_golden_model_gives_the_models_detections():
+    cfg = load_config(GOLDEN / "nars_config.yaml")
+    model = build_model(cfg)
+    load_weights(model, str(GOLDEN / "golden_model.pth"))
+    model = to_device(model, torch.device("cpu")).eval()
+    fused = fuse_for_inference(copy.deepcopy(model))
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
+    assert sum(isinstance(m, SubpixelUpsampleBlock) for m in fused.modules()) == 2  # the mask head's
+    images = [image_tensor(read_rgb(GOLDEN / name)) for name in ("000000.png", "odd_150x97.png")]
+    with torch.no_grad():
+        expected, out = model(images), fused(images)
+    for e, o in zip(expected, out):
+        assert len(e["scores"]) == len(o["scores"]) > 0
+        assert torch.equal(e["labels"], o["labels"])
+        torch.testing.assert_close(o["scores"], e["scores"], rtol=0, atol=1e-4)
+        torch.testing.assert_close(o["boxes"], e["boxes"], rtol=0, atol=1e-2)
+        torch.testing.assert_close(o["masks"], e["masks"], rtol=0, atol=1e-3)
+    assert not isinstance(model.roi_heads.mask_head.feature_extractor[-1], SubpixelUpsampleBlock)  # the original stays
