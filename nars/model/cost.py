@@ -8,7 +8,7 @@ Fast enough (pure integer arithmetic) to score thousands of candidates per secon
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from nars.config import get
@@ -33,6 +33,16 @@ COST_KEYS = (
 class PartCost:
     params: int = 0
     macs: int = 0  # multiply-adds at the part's input resolution (per RoI for RoI heads)
+    # What latency depends on besides multiply-adds (nars.deploy's latency predictor): the
+    # depthwise share (memory-bound on CPUs), the elements the convolutions write (memory
+    # traffic; norms and activations touch each once) and the block count (per-call overhead).
+    dw_macs: int = 0
+    activations: int = 0
+    blocks: int = 0
+
+    def add(self, other: "PartCost") -> None:
+        for name in ("params", "macs", "dw_macs", "activations", "blocks"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass
@@ -41,9 +51,14 @@ class ModelCost:
 
     params: dict[str, int] = field(default_factory=dict)
     mflops: dict[str, float] = field(default_factory=dict)
+    # per part (trunk, rpn, box_head with its predictor, mask_head with its logits), the RoI
+    # heads per RoI; with the RoI counts the totals were taken at
+    parts: dict[str, PartCost] = field(default_factory=dict)
+    rois: int = 0
+    mask_rois: int = 0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"params": dict(self.params), "mflops": dict(self.mflops)}
 
 
 def _out_size(size: int, kernel: int, stride: int) -> int:
@@ -59,25 +74,29 @@ def block_cost(spec: BlockSpec, cin: int, h: int, w: int, divisor: int) -> tuple
     k2 = spec.kernel * spec.kernel
     if spec.kind == "conv":
         ho, wo = _out_size(h, spec.kernel, spec.stride), _out_size(w, spec.kernel, spec.stride)
-        return PartCost(cin * cout * k2 + cout + 2 * cout, ho * wo * cout * cin * k2), cout, ho, wo
-    params = macs = 0
+        return PartCost(cin * cout * k2 + cout + 2 * cout, ho * wo * cout * cin * k2, 0, ho * wo * cout, 1), cout, ho, wo
+    params = macs = activations = 0
     widths = ir_widths(cin, spec, divisor)
     mid = widths.mid
     if widths.has_pw:
         params += cin * mid + 2 * mid
         macs += h * w * cin * mid
+        activations += h * w * mid
     if spec.stride == -2:
         h, w = 2 * h, 2 * w
     ho, wo = _out_size(h, spec.kernel, max(spec.stride, 1)), _out_size(w, spec.kernel, max(spec.stride, 1))
     params += mid * k2
-    macs += ho * wo * mid * k2
+    dw_macs = ho * wo * mid * k2
+    macs += dw_macs
     if widths.se_mid is not None:
         se_mid = widths.se_mid
         params += 2 * mid * se_mid + se_mid + mid
         macs += 2 * mid * se_mid
+        activations += ho * wo * mid  # the gated copy
     params += mid * cout + 2 * cout
     macs += ho * wo * mid * cout
-    return PartCost(params, macs), cout, ho, wo
+    activations += ho * wo * (mid + cout)
+    return PartCost(params, macs, dw_macs, activations, 1), cout, ho, wo
 
 
 def stages_cost(stages: Sequence[Stage], cin: int, h: int, w: int, divisor: int) -> tuple[PartCost, int, int, int]:
@@ -85,8 +104,7 @@ def stages_cost(stages: Sequence[Stage], cin: int, h: int, w: int, divisor: int)
     for stage in blocks(stages):
         for spec in stage:
             cost, cin, h, w = block_cost(spec, cin, h, w, divisor)
-            total.params += cost.params
-            total.macs += cost.macs
+            total.add(cost)
     return total, cin, h, w
 
 
@@ -111,18 +129,19 @@ def model_cost(
     for stage in arch.trunk:
         cost, cin, h, w = stages_cost((stage,), cin, h, w, divisor)
         per_stage.append(cost.params)
-        trunk.params += cost.params
-        trunk.macs += cost.macs
+        trunk.add(cost)
     feat = cin
     rpn, rc, fh, fw = stages_cost(arch.rpn, feat, h, w, divisor)
     rpn.params += rc * num_anchors * 5 + num_anchors * 5
     rpn.macs += fh * fw * rc * num_anchors * 5
+    rpn.activations += fh * fw * num_anchors * 5
     box, bc, _, _ = stages_cost(arch.box_head, feat, box_resolution, box_resolution, divisor)
     predictor_params = bc * (num_classes + 1) + (num_classes + 1) + bc * 4 * num_classes + 4 * num_classes
     predictor_macs = bc * (num_classes + 1) + bc * 4 * num_classes
     mask, mc, mh, mw = stages_cost(arch.mask_head, feat, mask_resolution, mask_resolution, divisor)
     mask.params += mc * num_classes + num_classes
     mask.macs += mh * mw * mc * num_classes
+    mask.activations += mh * mw * num_classes
     params = {
         "trunk": trunk.params,
         **{f"trunk{i}": p for i, p in enumerate(per_stage)},
@@ -141,7 +160,10 @@ def model_cost(
     mflops["total"] = (
         mflops["trunk"] + mflops["rpn"] + rois * mflops["box_head_per_roi"] + mask_rois * mflops["mask_head_per_roi"]
     )
-    return ModelCost(params=params, mflops=mflops)
+    box_part = PartCost(box.params + predictor_params, box.macs + predictor_macs, box.dw_macs,
+                        box.activations + 5 * num_classes + 1, box.blocks)
+    parts = {"trunk": trunk, "rpn": rpn, "box_head": box_part, "mask_head": mask}
+    return ModelCost(params=params, mflops=mflops, parts=parts, rois=rois, mask_rois=mask_rois)
 
 
 def test_input_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
