@@ -1,4 +1,5 @@
-"""The inference path (nars.model.fuse) computes what the model computes, faster.
+"""The inference path (nars.model.fuse) and the sub-pixel upsampling blocks compute what
+d2go's layers compute.
 
 Folding uses random, non-trivial norm statistics; the whole-model check uses the d2go
 golden checkpoint (trained weights, so no score ties reorder detections)."""
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -19,7 +21,7 @@ from nars.engine.inference import image_tensor, read_rgb
 from nars.model.arch import BlockSpec
 from nars.model.blocks import ConvNormAct, InvertedResidual
 from nars.model.fbnetv3is import build_model
-from nars.model.fuse import SubpixelUpsampleBlock, fuse_for_inference
+from nars.model.fuse import fuse_for_inference
 from nars.model.norm import norm_factory
 from nars.model.weights import load_weights
 
@@ -50,25 +52,32 @@ def test_norms_fold_into_convs_when_their_statistics_are_fixed(norm):
     assert isinstance(fused.bn, nn.GroupNorm if norm == "GN" else nn.Identity)
 
 
-@pytest.mark.parametrize("kernel,expansion,in_channels", [(3, 3, 24), (5, 4, 24), (7, 1, 16), (3, 1, 16)])
-def test_an_upsampling_block_is_computed_at_its_input_resolution(kernel, expansion, in_channels):
-    spec = BlockSpec("ir", kernel, False, 16, -2, 1, expansion)
-    block = _randomise_norms(InvertedResidual(in_channels, spec, nn.BatchNorm2d))
+def _upsample_then_dw(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
+    """d2go's IRF block that upsamples, written out: pw -> 2x nearest -> dw -> [SE] -> pwl."""
+    y = block.pw(x) if block.pw is not None else x
+    y = block.dw(F.interpolate(y, scale_factor=2, mode="nearest"))
+    return block.pwl(block.se(y) if block.se is not None else y)
+
+
+@pytest.mark.parametrize("kernel,expansion,in_channels,se", [(3, 3, 24, False), (5, 4, 24, False), (7, 1, 16, False),
+                                                              (3, 1, 16, False), (5, 2, 16, True)])
+def test_an_upsampling_block_computes_d2gos_function_at_input_resolution(kernel, expansion, in_channels, se):
+    block = _randomise_norms(InvertedResidual(in_channels, BlockSpec("ir", kernel, se, 16, -2, 1, expansion),
+                                              nn.BatchNorm2d))
     x = torch.randn(3, in_channels, 7, 5)
     with torch.no_grad():
-        expected = block(x)
-        fused = fuse_for_inference(nn.Sequential(copy.deepcopy(block)))
-        assert isinstance(fused[0], SubpixelUpsampleBlock)
-        assert (fused[0].pw is None) == (block.pw is None)
-        out = fused(x)
-    assert out.shape == expected.shape == (3, 16, 14, 10)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
-
-
-def test_an_upsampling_block_with_se_keeps_its_layers():
-    block = InvertedResidual(16, BlockSpec("ir", 3, True, 16, -2, 1, 2), nn.BatchNorm2d)
-    fused = fuse_for_inference(nn.Sequential(block))
-    assert isinstance(fused[0], InvertedResidual) and isinstance(fused[0].pwl.bn, nn.Identity)
+        expected = _upsample_then_dw(block, x)
+        assert block(x).shape == expected.shape == (3, 16, 14, 10)
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fuse_for_inference(copy.deepcopy(block))(x), expected, rtol=1e-5, atol=1e-5)
+    # training: batch statistics over the whole upsampled map, and the same gradients
+    ours, theirs = copy.deepcopy(block).train(), copy.deepcopy(block).train()
+    out, ref = ours(x), _upsample_then_dw(theirs, x)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    (out * ref.detach()).sum().backward()
+    (ref * ref.detach()).sum().backward()
+    torch.testing.assert_close(ours.dw.conv.weight.grad, theirs.dw.conv.weight.grad, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(ours.pwl.bn.running_var, theirs.pwl.bn.running_var, rtol=1e-4, atol=1e-5)
 
 
 def test_the_fused_golden_model_gives_the_models_detections():
@@ -78,7 +87,6 @@ def test_the_fused_golden_model_gives_the_models_detections():
     model = to_device(model, torch.device("cpu")).eval()
     fused = fuse_for_inference(copy.deepcopy(model))
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in fused.modules())
-    assert sum(isinstance(m, SubpixelUpsampleBlock) for m in fused.modules()) == 2  # the mask head's
     images = [image_tensor(read_rgb(GOLDEN / name)) for name in ("000000.png", "odd_150x97.png")]
     with torch.no_grad():
         expected, out = model(images), fused(images)
@@ -88,4 +96,4 @@ def test_the_fused_golden_model_gives_the_models_detections():
         torch.testing.assert_close(o["scores"], e["scores"], rtol=0, atol=1e-4)
         torch.testing.assert_close(o["boxes"], e["boxes"], rtol=0, atol=1e-2)
         torch.testing.assert_close(o["masks"], e["masks"], rtol=0, atol=1e-3)
-    assert not isinstance(model.roi_heads.mask_head.feature_extractor[-1], SubpixelUpsampleBlock)  # the original stays
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())  # the original stays

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nars.model.arch import BlockSpec, ir_widths
@@ -76,9 +77,50 @@ def drop_connect_batch(x: torch.Tensor, rate: float) -> torch.Tensor:
     return x / keep * torch.floor(torch.rand(shape, dtype=x.dtype, device=x.device) + keep)
 
 
+def _phase_map(kernel: int) -> torch.Tensor:
+    """``[4, K*K, kernel*kernel]`` 0/1: which taps of a ``kernel``-wide conv run after 2x
+    nearest upsampling land on which tap of a ``K``-wide conv on the input, per output phase
+    (row parity, column parity). Upsampled row ``2i + a + t`` is input row ``i + (a + t) // 2``."""
+    p = kernel // 2
+    offsets = [[(a + t) // 2 for t in range(-p, p + 1)] for a in (0, 1)]
+    q = max(abs(o) for row in offsets for o in row)
+    size = 2 * q + 1
+    phase_map = torch.zeros(4, size * size, kernel * kernel)
+    for a in (0, 1):
+        for b in (0, 1):
+            for ti, u in enumerate(offsets[a]):
+                for tj, v in enumerate(offsets[b]):
+                    phase_map[2 * a + b, (u + q) * size + v + q, ti * kernel + tj] = 1.0
+    return phase_map
+
+
+def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """A depthwise kernel ``[C, 1, k, k]`` meant for a 2x nearest-upsampled input as the four
+    kernels ``[4, C, 1, K, K]`` (K odd, padding K // 2) that compute each output phase from the
+    input itself; differentiable, so training updates the one original kernel."""
+    c, _, k, _ = weight.shape
+    phase_map = _phase_map(k).to(weight)
+    size = int(phase_map.shape[1] ** 0.5)
+    return torch.einsum("psk,ck->pcs", phase_map, weight.reshape(c, k * k)).reshape(4, c, 1, size, size)
+
+
+def interleave_phases(phases: list[torch.Tensor]) -> torch.Tensor:
+    """Four ``[N, C, H, W]`` phase maps (row parity, column parity) as one ``[N, C, 2H, 2W]``."""
+    y = torch.stack(phases)
+    _, n, c, h, w = y.shape
+    return y.view(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, 2 * h, 2 * w)
+
+
 class InvertedResidual(nn.Module):
     """pw expand (absent when the mid width equals the input's) -> [x2 upsample] -> KxK dw
     -> [SE] -> pwl project (+ skip). Widths from ``arch.ir_widths``, shared with the cost model.
+
+    A block that upsamples (stride -2: d2go's x2 nearest before the depthwise conv) computes
+    the four output phases of ``dw(upsample(x))`` at the input's resolution
+    (:func:`subpixel_kernels`) and, without SE, also ``pwl``'s conv per phase, interleaving only
+    its narrower output before the norm: the same function up to float rounding, without the
+    upsampled ``mid``-channel tensors (the mask head's 768 and 384 channels at 14x14 and 28x28:
+    most of its memory traffic; 2-3x faster, BENCHMARKS.md).
 
     ``drop_connect_rate`` is mobile_cv's stochastic depth: IRFBlock hands it to
     ``build_residual_connect``, which adds ``AddWithDropConnect`` only where the residual exists
@@ -93,7 +135,7 @@ class InvertedResidual(nn.Module):
         widths = ir_widths(in_channels, spec, divisor)
         mid = widths.mid
         self.pw = ConvNormAct(in_channels, mid, norm=norm) if widths.has_pw else None
-        self.upsample = nn.Upsample(scale_factor=2, mode="nearest") if spec.stride == -2 else None
+        self.upsample = spec.stride == -2
         self.dw = ConvNormAct(mid, mid, spec.kernel, stride=max(spec.stride, 1), groups=mid, relu=False)
         self.se = SqueezeExcite(mid, widths.se_mid) if widths.se_mid is not None else None
         self.pwl = ConvNormAct(mid, spec.out_channels, norm=norm, relu=False)
@@ -104,8 +146,8 @@ class InvertedResidual(nn.Module):
         y = x
         if self.pw is not None:
             y = self.pw(y)
-        if self.upsample is not None:
-            y = self.upsample(y)
+        if self.upsample:
+            return self._upsampling_forward(y)
         y = self.dw(y)
         if self.se is not None:
             y = self.se(y)
@@ -115,3 +157,15 @@ class InvertedResidual(nn.Module):
         if self.training and self.drop_connect_rate > 0:
             y = drop_connect_batch(y, self.drop_connect_rate)
         return x + y
+
+    def _upsampling_forward(self, y: torch.Tensor) -> torch.Tensor:
+        conv = self.dw.conv
+        kernels = subpixel_kernels(conv.weight)
+        padding = kernels.shape[-1] // 2
+        phases = [F.conv2d(y, k, None, 1, padding, 1, conv.groups) for k in kernels]
+        if self.se is None:
+            y = interleave_phases([self.pwl.conv(p) for p in phases])
+            for layer in list(self.pwl.children())[1:]:  # the norm (pwl has no activation)
+                y = layer(y)
+            return y
+        return self.pwl(self.se(interleave_phases(phases)))
