@@ -7,12 +7,17 @@ Models, all with random weights (no download), 80 classes, in one process and on
 - ``FBNetV3_A_dsmask`` and ``FBNetV3_A``: ``build_model(load_config(<shipped config>))`` with
   INPUT.MIN_SIZE_TEST 240 / MAX_SIZE_TEST 320 (and the same for training), so the 240x320
   image keeps its size (d2go's own test size is 224 / 320: a 240x320 image would be
-  resized to 224x299);
+  resized to 224x299). Inference runs them as ``nars predict`` does: channels-last
+  (``to_device``) and ``fuse_for_inference`` (norms folded, the mask head's upsampling
+  blocks at input resolution); "FBNetV3_A_dsmask before" is the path before issue 14:
+  channels-last, unfused, upsampling blocks as d2go writes them (nearest x2, then dw), in
+  inference and training. Batch-norm statistics are randomised so folding is real;
 - torchvision ``maskrcnn_resnet50_fpn`` and ``fasterrcnn_mobilenet_v3_large_320_fpn``
   (``weights=None, weights_backbone=None, num_classes=81``: 80 + background), with
   ``min_size=240, max_size=320`` so that they too see the image at 240x320. Without
   pretrained weights torchvision builds them with plain BatchNorm and every layer trainable,
-  as FBNetV3IS trains (FREEZE_AT 0).
+  as FBNetV3IS trains (FREEZE_AT 0). Each runs in its default layout (as its users run it)
+  and channels-last; ratios are against the faster of the two.
 
 Inference: 2 threads, eval mode, ``torch.no_grad``, one 240x320 RGB image in [0, 1] (every
 model pads it to 256x320, size divisible by 32). Warm-up runs, then timed runs interleaved
@@ -29,7 +34,12 @@ full mode adds (2) own proposals, 10 detections and (3) 100 proposals for every 
 detections.
 
 Training: batch of 2 240x320 images with 2 synthetic boxes + masks each, train mode, loss
-sum, SGD (momentum 0.9) step; iterations interleaved the same way.
+sum, SGD (momentum 0.9) step; iterations interleaved the same way; forward (by stage),
+backward and step timed apart. FBNetV3IS trains unfused, channels-last as trials do.
+
+Share of peak: each stage's multiply-adds (FlopCounterMode) x 2 / its time, against this
+CPU's float32 GEMM rate measured in the same run (2048^3 ``torch.mm``, best of 5); the mask
+head's compute bound is its FLOPs at that rate.
 
 Cost: parameters; multiply-adds (MFLOPs in the FBNet / d2go convention) counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (its FLOPs / 2) on one inference forward, and
@@ -49,12 +59,15 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
+import copy
 import statistics
 import time
+import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 from torchvision.models.detection import (
@@ -63,12 +76,18 @@ from torchvision.models.detection import (
 )
 
 from nars.config import load_config
+from nars.engine.distributed import to_device
+from nars.model.blocks import InvertedResidual
 from nars.model.cost import model_cost
 from nars.model.fbnetv3is import build_model
+from nars.model.fuse import fuse_for_inference
 
 H, W = 240, 320
 CLASSES = 80
 REFERENCE = "maskrcnn_resnet50_fpn"
+MOBILENET = "fasterrcnn_mobilenet_v3_large_320_fpn"
+BEFORE = "FBNetV3_A_dsmask before (d2go's upsampling, unfused)"
+CPU = torch.device("cpu")
 
 
 def fbnet(config: str, proposals: int | None, detections: int) -> torch.nn.Module:
@@ -89,14 +108,67 @@ def torchvision_model(builder: Callable[..., torch.nn.Module], proposals: int | 
     return builder(**kwargs)
 
 
+def channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    return model.to(memory_format=torch.channels_last)
+
+
 def build_all(proposals: int | None, detections: int) -> dict[str, torch.nn.Module]:
+    """FBNetV3IS as ``nars predict`` runs it (channels-last, ``fuse_for_inference``) and, for
+    the before/after comparison, channels-last without fusing; torchvision's models in their
+    default layout (as their users run them) and channels-last."""
     torch.manual_seed(0)
+    dsmask = randomise_norms(fbnet("fbnetv3a_dsmask_C4", proposals, detections))
+    r50 = torchvision_model(maskrcnn_resnet50_fpn, proposals, detections)
+    mobilenet = torchvision_model(fasterrcnn_mobilenet_v3_large_320_fpn, proposals, detections)
     return {
-        "FBNetV3_A_dsmask": fbnet("fbnetv3a_dsmask_C4", proposals, detections),
-        "FBNetV3_A": fbnet("fbnetv3a_C4", proposals, detections),
-        REFERENCE: torchvision_model(maskrcnn_resnet50_fpn, proposals, detections),
-        "fasterrcnn_mobilenet_v3_large_320_fpn": torchvision_model(fasterrcnn_mobilenet_v3_large_320_fpn, proposals, detections),
+        "FBNetV3_A_dsmask": fuse_for_inference(to_device(copy.deepcopy(dsmask), CPU)),
+        BEFORE: literal_upsampling(to_device(dsmask, CPU)).eval(),
+        "FBNetV3_A": fuse_for_inference(to_device(randomise_norms(fbnet("fbnetv3a_C4", proposals, detections)), CPU)),
+        REFERENCE: r50,
+        f"{REFERENCE} channels-last": channels_last(copy.deepcopy(r50)),
+        MOBILENET: mobilenet,
+        f"{MOBILENET} channels-last": channels_last(copy.deepcopy(mobilenet)),
     }
+
+
+def _upsample_then_dw(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
+    """d2go's upsampling IRF block as written: pw -> 2x nearest -> dw -> [SE] -> pwl."""
+    y = block.pw(x) if block.pw is not None else x
+    y = block.dw(F.interpolate(y, scale_factor=2, mode="nearest"))
+    return block.pwl(block.se(y) if block.se is not None else y)
+
+
+def literal_upsampling(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its upsampling blocks computed as d2go writes them (the path before
+    issue 14), for the before/after columns."""
+    for m in model.modules():
+        if isinstance(m, InvertedResidual) and m.upsample:
+            m.forward = types.MethodType(_upsample_then_dw, m)
+    return model
+
+
+def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial batch-norm statistics, so that folding them is not a no-op."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2 - 0.1)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model
+
+
+def gemm_peak(size: int = 2048, runs: int = 5) -> float:
+    """This CPU's float32 GEMM rate at the benchmark's thread count, GFLOP/s (best of ``runs``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(runs))
+    return 2 * size**3 / best / 1e9
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
 
 
 class StageTimer:
@@ -182,22 +254,52 @@ def latency(models: dict[str, torch.nn.Module], warmup: int, n: int) -> dict[str
     return out
 
 
-def training(models: dict[str, torch.nn.Module], warmup: int, n: int) -> dict[str, float]:
+def training_models() -> dict[str, torch.nn.Module]:
+    """Unfused models for training: FBNetV3IS as trials train it (channels-last on a CPU,
+    ``to_device``) and in the default layout; torchvision's in both layouts."""
+    torch.manual_seed(0)
+    dsmask = fbnet("fbnetv3a_dsmask_C4", None, 100)
+    r50 = torchvision_model(maskrcnn_resnet50_fpn, None, 100)
+    mobilenet = torchvision_model(fasterrcnn_mobilenet_v3_large_320_fpn, None, 100)
+    return {
+        "FBNetV3_A_dsmask": to_device(copy.deepcopy(dsmask), CPU),
+        BEFORE: literal_upsampling(to_device(dsmask, CPU)),
+        "FBNetV3_A": to_device(fbnet("fbnetv3a_C4", None, 100), CPU),
+        REFERENCE: r50,
+        f"{REFERENCE} channels-last": channels_last(copy.deepcopy(r50)),
+        MOBILENET: mobilenet,
+        f"{MOBILENET} channels-last": channels_last(copy.deepcopy(mobilenet)),
+    }
+
+
+def training(models: dict[str, torch.nn.Module], warmup: int, n: int) -> dict[str, dict[str, Any]]:
+    """Iterations/s and mean seconds per part: forward (by stage, from hooks), backward, step."""
     images, targets = training_batch()
     opts = {name: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
                                   weight_decay=1e-4) for name, m in models.items()}
-    for m in models.values():
-        m.train()
+    timers = {name: StageTimer(m.train()) for name, m in models.items()}
+    parts: dict[str, dict[str, float]] = {name: {"forward": 0.0, "backward": 0.0, "step": 0.0} for name in models}
 
     def run(name: str) -> None:
+        t0 = time.perf_counter()
         losses = models[name](images, targets)
-        loss = sum(losses.values())
+        t1 = time.perf_counter()
         opts[name].zero_grad()
-        loss.backward()
+        sum(losses.values()).backward()
+        t2 = time.perf_counter()
         opts[name].step()
+        t3 = time.perf_counter()
+        for key, dt in (("forward", t1 - t0), ("backward", t2 - t1), ("step", t3 - t2)):
+            parts[name][key] += dt
 
-    times = interleaved(list(models), run, warmup, n)
-    return {name: n / sum(ts) for name, ts in times.items()}
+    def reset() -> None:
+        for name in models:
+            timers[name].reset()
+            parts[name] = dict.fromkeys(parts[name], 0.0)
+
+    times = interleaved(list(models), run, warmup, n, reset)
+    return {name: {"its": n / sum(ts), **{k: v / n for k, v in parts[name].items()},
+                   **{k: v / n for k, v in timers[name].times.items()}} for name, ts in times.items()}
 
 
 def conv_backward_flop_grouped(grad_out_shape, x_shape, w_shape, bias, stride, padding, dilation, transposed,
@@ -229,22 +331,61 @@ def counted_mflops(model: torch.nn.Module, train: bool = False, grouped_fix: boo
         pieces = key.split(".")
         if len(pieces) == 2 and pieces[1] in ("backbone", "rpn", "roi_heads"):
             parts[pieces[1]] = sum(ops.values()) / 2e6
+        if pieces[1:] == ["roi_heads", "mask_head"]:
+            parts["mask_head"] = sum(ops.values()) / 2e6
     return counter.get_total_flops() / 2e6, parts
 
 
+def peer_best(lat: dict[str, dict[str, Any]], name: str) -> float:
+    """A torchvision model's faster layout (default or channels-last): the stricter peer."""
+    return min(lat[name]["median"], lat[f"{name} channels-last"]["median"])
+
+
 def print_latency(title: str, lat: dict[str, dict[str, Any]], params: dict[str, int]) -> None:
-    ref = lat[REFERENCE]["median"]
+    ref = peer_best(lat, REFERENCE)
     print(f"\ninference latency, {title}:")
-    print(f"{'model':<40}{'params':>8}{'props':>6}{'dets':>5}{'median ms':>10}{'min':>7}{'max':>7}"
+    print(f"{'model':<52}{'params':>8}{'props':>6}{'dets':>5}{'median ms':>10}{'min':>7}{'max':>7}"
           f"{'R50/model':>10}{'backbone':>9}{'rpn':>6}{'roi':>7}{'(mask)':>7}{'other':>6}")
     for name, r in lat.items():
         s = r["stages"]
         mask = sum(s.get(k, 0.0) for k in StageTimer.PARTS[3:])
         other = r["median"] - s["backbone"] - s["rpn"] - s["roi_heads"]
-        print(f"{name:<40}{params[name] / 1e6:>7.2f}M{r['proposals']:>6}{r['detections']:>5}{r['median'] * 1e3:>10.1f}"
+        print(f"{name:<52}{params[name] / 1e6:>7.2f}M{r['proposals']:>6}{r['detections']:>5}{r['median'] * 1e3:>10.1f}"
               f"{r['min'] * 1e3:>7.0f}{r['max'] * 1e3:>7.0f}{ref / r['median']:>9.2f}x"
               f"{s['backbone'] * 1e3:>9.1f}{s['rpn'] * 1e3:>6.1f}{s['roi_heads'] * 1e3:>7.1f}{mask * 1e3:>7.1f}"
               f"{other * 1e3:>6.0f}")
+    print(f"(R50/model: against {REFERENCE}'s faster layout, {ref * 1e3:.1f} ms; FBNetV3_A_dsmask against the "
+          f"box-only {MOBILENET}'s faster layout: {peer_best(lat, MOBILENET) / lat['FBNetV3_A_dsmask']['median']:.2f}x)")
+
+
+def print_peak_fractions(lat: dict[str, dict[str, Any]], models: dict[str, torch.nn.Module], peak: float) -> None:
+    """Each FBNetV3IS stage's multiply-adds against its time: GFLOP/s and the share of GEMM peak;
+    the mask head's compute bound (its FLOPs at peak) and how far above it it runs."""
+    print(f"\nshare of the GEMM peak ({peak:.0f} GFLOP/s, float32 2048^3 torch.mm, same threads), first setting:")
+    print(f"{'model':<52}{'stage':>12}{'MMACs':>9}{'ms':>8}{'GFLOP/s':>9}{'of peak':>8}")
+    for name in ("FBNetV3_A_dsmask", BEFORE, "FBNetV3_A"):
+        _, parts = counted_mflops(models[name])
+        stages = lat[name]["stages"]
+        for stage in ("backbone", "rpn", "roi_heads", "mask_head"):
+            seconds = stages[stage if stage != "mask_head" else "roi_heads.mask_head"]
+            rate = 2 * parts[stage] * 1e6 / seconds / 1e9
+            print(f"{name:<52}{stage:>12}{parts[stage]:>9.0f}{seconds * 1e3:>8.1f}{rate:>9.1f}{rate / peak:>8.1%}")
+        bound = 2 * parts["mask_head"] * 1e6 / (peak * 1e9)
+        print(f"{'':<52}mask head compute bound {bound * 1e3:.1f} ms: measured {stages['roi_heads.mask_head'] / bound:.2f}x it")
+
+
+def print_training(train: dict[str, dict[str, Any]], models: dict[str, torch.nn.Module], peak: float) -> None:
+    ref = min(train[REFERENCE]["its"], train[f"{REFERENCE} channels-last"]["its"])
+    print("\ntraining (batch 2, 240x320, 2 boxes + masks per image, SGD step); mean ms per iteration; forward stages "
+          "from hooks; 'of peak': training FLOPs (depthwise weight gradients counted right) / time / GEMM peak:")
+    print(f"{'model':<52}{'it/s':>7}{'img/s':>7}{'/R50':>6}{'forward':>8}{'(trunk':>7}{'rpn':>6}{'roi)':>6}"
+          f"{'backward':>9}{'step':>6}{'of peak':>8}")
+    for name, r in train.items():
+        flops, _ = counted_mflops(copy.deepcopy(models[name]), train=True, grouped_fix=True)
+        share = 2 * flops * 1e6 * r["its"] / (peak * 1e9)
+        print(f"{name:<52}{r['its']:>7.3f}{2 * r['its']:>7.2f}{r['its'] / ref:>5.2f}x{r['forward'] * 1e3:>8.0f}"
+              f"{r.get('backbone', 0) * 1e3:>7.0f}{r.get('rpn', 0) * 1e3:>6.0f}{r.get('roi_heads', 0) * 1e3:>6.0f}"
+              f"{r['backward'] * 1e3:>9.0f}{r['step'] * 1e3:>6.0f}{share:>8.1%}")
 
 
 def main() -> None:
@@ -264,28 +405,31 @@ def main() -> None:
           f"latency: {warmup} warm-up + median of the timed runs; training: {train_warmup} warm-up + {train_n} iterations")
     t_start = time.perf_counter()
 
+    # parameters as trained: folding adds biases and the sub-pixel phases split depthwise kernels
+    params = {name: sum(p.numel() for p in m.parameters()) for name, m in training_models().items()}
     loads = {}
     for title, proposals, detections, runs in settings:
         models = build_all(proposals, detections)
-        params = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
         lat = latency(models, warmup, runs)
         loads[title] = lat
         print_latency(f"{title} ({runs} timed runs)", lat, params)
     print("(stage columns: mean ms per timed forward, from forward hooks; '(mask)' is part of "
           "'roi'; 'other' = median - backbone - rpn - roi: resize, normalise, batching, mask pasting)")
 
-    models = build_all(None, 100)
-    train = training(models, train_warmup, train_n)
-    print("\ntraining (batch 2, 240x320, 2 boxes + masks per image, SGD step):")
-    for name, its in train.items():
-        print(f"{name:<40}{its:>8.3f} it/s {2 * its:>7.2f} images/s {its / train[REFERENCE]:>7.2f}x R50's rate")
+    peak = gemm_peak()
+    print_peak_fractions(loads[settings[0][0]], build_all(None, 100), peak)
+
+    train_set = training_models()
+    print_training(training(train_set, train_warmup, train_n), train_set, peak)
 
     main_load = loads[settings[0][0]]
     print("\ncost; MFLOPs = multiply-adds / 1e6, FlopCounterMode's FLOPs / 2; inference at 256x320 with the first "
           "setting's load; training = forward + backward of one batch-2 iteration (the training batch above):")
     print(f"{'model':<40}{'params':>9}{'inference':>11}{'backbone':>10}{'rpn':>7}{'roi_heads':>11}{'analytic':>10}"
           f"{'training':>10}{'(torch)':>10}")
-    for name, m in build_all(None, 100).items():
+    for name, m in training_models().items():
+        if name == BEFORE or name.endswith("channels-last"):
+            continue
         total, parts = counted_mflops(m)
         train_raw, _ = counted_mflops(m, train=True)
         train_total, _ = counted_mflops(m, train=True, grouped_fix=True)
