@@ -405,7 +405,7 @@ def main() -> None:
           f"latency: {warmup} warm-up + median of the timed runs; training: {train_warmup} warm-up + {train_n} iterations")
     t_start = time.perf_counter()
 
-    # parameters as trained: folding adds biases and the sub-pixel phases split depthwise kernels
+    # parameters as trained (folding adds biases)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in training_models().items()}
     loads = {}
     for title, proposals, detections, runs in settings:
