@@ -1,0 +1,1 @@
+"""Deployment of trained FBNetV3IS models outside PyTorch (ONNX)."""

@@ -1,0 +1,244 @@
+"""FBNetV3IS as one ONNX graph, pre- and post-processing included, for stock onnxruntime.
+
+The graph takes ONE image, ``image``: uint8 RGB ``[3, H, W]`` (any H and W; a decoded
+image file as it is), and returns what the PyTorch model returns for it, in the image's
+own pixels:
+
+- ``boxes`` float ``[N, 4]`` (XYXY), ``scores`` float ``[N]``, ``labels`` int64 ``[N]``
+  (1..C), ``masks`` float ``[N, 1, H, W]`` probabilities (threshold them with
+  :func:`nars.model.transform.binary_masks`).
+
+Inside: ResizeShortestEdge to the model's test size, BGR flip and pixel mean/std, trunk,
+RPN, RoI heads, NMS, box rescale and mask paste, with standard ONNX ops only (default
+opset 17; 16 is the least: ``GridSample``, half-pixel ``RoiAlign``).
+
+The model's own submodules run unchanged (batch norms folded first:
+``nars.model.fuse``). The steps of ``FBNetTransform`` that use Python numbers, which
+tracing would freeze at the example's size, are computed from shape tensors instead, with
+the same arithmetic: :func:`resized_shape_tensor` (detectron2's float64 size and
+``int(x + 0.5)``), :func:`resize_like_pil` (PIL's uint8 antialiased bilinear resize, in
+integers; ONNX's float ``Resize`` differs from PIL by a grey level on ~10% of pixels,
+enough to reorder near-tied detections) and :func:`paste_masks_vectorized`
+(``transform.paste_masks`` for all boxes at once).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+from PIL import Image
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import boxes as box_ops
+
+from nars.errors import UserError
+from nars.fileio import atomic_write_bytes
+from nars.model.fbnetv3is import FBNetV3IS
+from nars.model.fuse import fuse_for_inference
+from nars.model.transform import nonempty
+
+OPSET = 17
+MIN_OPSET = 16  # GridSample; RoiAlign's coordinate_transformation_mode (torchvision's aligned=True)
+MAX_OPSET = 20  # torch's TorchScript exporter (dynamo=False, which exports batched NMS)
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
+
+
+PRECISION_BITS = 22  # Pillow's fixed-point coefficients (32 - 8 - 2 bits)
+
+
+def _as_double(size: Tensor) -> Tensor:
+    """A 0-d size as a 1-element float64 tensor: the exporter's type analysis would compute
+    with a 0-d one in float32."""
+    return size.reshape(1).to(torch.float64)
+
+
+def _pil_coefficients(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor]:
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc`` for its BILINEAR filter on
+    one axis: for each output pixel, the ``K`` input indices and int32 fixed-point weights
+    (``K = 2 ceil(support) + 1``; weights past Pillow's ``xmax`` are 0). In float64 with
+    Pillow's operations (times ``1 / filterscale``, not divided by it)."""
+    n_in = _as_double(in_size)
+    scale = n_in / _as_double(out_size)
+    support = torch.maximum(scale, torch.ones_like(scale))  # the filter's support (1) times the filter scale
+    taps = torch.arange((torch.ceil(support) * 2 + 1).to(torch.int64)[0]).to(torch.float64)
+    center = (torch.arange(out_size).to(torch.float64) + 0.5) * scale
+    first = torch.floor(center - support + 0.5).clamp(min=0)
+    count = torch.minimum(torch.floor(center + support + 0.5), n_in) - first
+    weights = (1.0 - ((taps + first[:, None] - center[:, None] + 0.5) * torch.reciprocal(support)).abs()).clamp(min=0)
+    weights = torch.where(taps < count[:, None], weights, torch.zeros_like(weights))
+    weights = weights / weights.sum(1, keepdim=True)
+    fixed = torch.floor(weights * (1 << PRECISION_BITS) + 0.5).to(torch.int32)
+    index = torch.minimum(taps + first[:, None], n_in - 1).to(torch.int64)
+    return index, fixed
+
+
+def _resample_last_axis(image: Tensor, out_size: Tensor) -> Tensor:
+    """One Pillow pass along the last axis of an int32 image: fixed-point sums, rounded
+    (``1 << 21`` added, then floor-divided) and clipped to 0..255, as ``clip8``."""
+    index, fixed = _pil_coefficients(torch.as_tensor(image.shape[-1]), out_size)
+    total = (image[..., index] * fixed).sum(-1) + (1 << (PRECISION_BITS - 1))
+    return torch.div(total, 1 << PRECISION_BITS, rounding_mode="floor").clamp(0, 255)
+
+
+def resize_like_pil(image: Tensor, height: Tensor, width: Tensor) -> Tensor:
+    """A uint8 ``[C, H, W]`` image resized as ``transform.resize_uint8`` resizes it on the
+    CPU (PIL's BILINEAR, antialiased): Pillow's two passes, horizontal first, each rounded to
+    integers, in integer arithmetic; traceable at any size. Pillow 13 resizes some tall
+    images (height above about twice the width) vertically first: those differ by one grey
+    level on some pixels. Returns float ``[C, height, width]`` with integer values."""
+    pixels = _resample_last_axis(image.to(torch.int32), width)
+    pixels = _resample_last_axis(pixels.transpose(1, 2), height).transpose(1, 2)
+    return pixels.to(torch.float32)
+
+
+def resized_shape_tensor(height: Tensor, width: Tensor, short_edge: int, max_size: int) -> tuple[Tensor, Tensor]:
+    """``transform.resized_shape`` on 0-d shape tensors: in float64 as Python's floats, then
+    ``floor(x + 0.5)`` (``int()`` of a positive number); 0-d int64 (new height, new width)."""
+    h, w = _as_double(height), _as_double(width)
+    size = torch.full_like(h, float(short_edge))
+    scale = size / torch.minimum(h, w)
+    portrait = h < w
+    new_h = torch.where(portrait, size, scale * h)
+    new_w = torch.where(portrait, scale * w, size)
+    longest = torch.maximum(new_h, new_w)
+    limit = torch.full_like(h, float(max_size))
+    shrink = torch.where(longest > limit, limit / longest, torch.ones_like(longest))
+    new_h, new_w = torch.floor(new_h * shrink + 0.5), torch.floor(new_w * shrink + 0.5)
+    return new_h.to(torch.int64)[0], new_w.to(torch.int64)[0]
+
+
+def paste_masks_vectorized(masks: Tensor, boxes: Tensor, height: Tensor | int, width: Tensor | int) -> Tensor:
+    """``transform.paste_masks`` for all N boxes at once: each ``[M, M]`` map bilinearly
+    sampled over the whole image (same grid arithmetic per pixel), then kept only on its
+    box's pixels plus one, ``[floor(x0) - 1, ceil(x1) + 1)`` clipped to the image (and the
+    same in y); ``[N, 1, H, W]``."""
+    ys = torch.arange(height, dtype=torch.float32, device=masks.device)
+    xs = torch.arange(width, dtype=torch.float32, device=masks.device)
+    x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # [N, 1] each
+    gx = (xs + 0.5 - x0) / (x1 - x0) * 2 - 1  # [N, W]
+    gy = (ys + 0.5 - y0) / (y1 - y0) * 2 - 1  # [N, H]
+    n, h, w = gx.shape[0], gy.shape[1], gx.shape[1]
+    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)
+    sampled = F.grid_sample(masks[:, None], grid.to(masks.dtype), align_corners=False)
+    in_x = (xs >= (x0.floor() - 1).clamp(min=0)) & (xs < torch.minimum(x1.ceil() + 1, xs[-1:] + 1))
+    in_y = (ys >= (y0.floor() - 1).clamp(min=0)) & (ys < torch.minimum(y1.ceil() + 1, ys[-1:] + 1))
+    region = in_y[:, None, :, None] & in_x[:, None, None, :]
+    return torch.where(region, sampled, torch.zeros_like(sampled))
+
+
+class ExportableFBNet(nn.Module):
+    """FBNetV3IS's inference for one uint8 RGB ``[3, H, W]`` image, traceable at any size:
+    ``GeneralizedRCNN.forward`` with FBNetTransform's resize and post-processing on shape
+    tensors (module docstring). Shares ``model``'s submodules."""
+
+    def __init__(self, model: FBNetV3IS):
+        super().__init__()
+        self.transform, self.backbone, self.rpn, self.roi_heads = model.transform, model.backbone, model.rpn, model.roi_heads
+
+    def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        h0, w0 = torch.as_tensor(image.shape[-2]), torch.as_tensor(image.shape[-1])
+        t = self.transform
+        h, w = resized_shape_tensor(h0, w0, t.min_size_test, t.max_size_test)
+        x = t.normalize(resize_like_pil(image, h, w))[None]
+        features = self.backbone(x)
+        images = ImageList(x, [(h, w)])
+        proposals, _ = self.rpn(images, features)
+        detections, _ = self.roi_heads(features, proposals, images.image_sizes)
+        det = detections[0]
+        # Python's float64 ratios, cast to float32 as a float32 tensor times a Python float is
+        scale_x = (_as_double(w0) / _as_double(w)).to(torch.float32)
+        scale_y = (_as_double(h0) / _as_double(h)).to(torch.float32)
+        boxes = det["boxes"] * torch.cat([scale_x, scale_y, scale_x, scale_y])
+        boxes = box_ops.clip_boxes_to_image(boxes, (h0, w0))
+        keep = nonempty(boxes)
+        boxes = boxes[keep]
+        masks = paste_masks_vectorized(det["masks"][keep][:, 0], boxes, h0, w0)
+        return boxes, det["scores"][keep], det["labels"][keep], masks
+
+
+def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
+    """Write ``model``'s inference for one image to ``path`` (atomically; the module
+    docstring has the graph's inputs and outputs). ``model`` itself is left as it is: a copy
+    is folded (``fuse_for_inference``) and traced on the CPU."""
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UserError(f"--opset {opset}: must be in [{MIN_OPSET}, {MAX_OPSET}] (GridSample and half-pixel "
+                        f"RoiAlign need {MIN_OPSET}; torch's TorchScript exporter stops at {MAX_OPSET})")
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: folder {path.parent} does not exist")
+    fused = fuse_for_inference(copy.deepcopy(model).cpu())
+    t = fused.transform
+    example = torch.zeros(3, t.min_size_test, t.min_size_test, dtype=torch.uint8)
+    buffer = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice and tracer warnings
+        torch.onnx.export(
+            ExportableFBNet(fused), (example,), buffer, dynamo=False, opset_version=opset,
+            input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes={INPUT_NAME: {1: "height", 2: "width"}, **{name: {0: "detections"} for name in OUTPUT_NAMES},
+                          "masks": {0: "detections", 2: "height", 3: "width"}},
+        )
+    graph = onnx.load_model_from_string(buffer.getvalue()).graph
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+    if foreign:  # a bug here, not the user's: stock onnxruntime could not run the file
+        raise RuntimeError(f"export used non-standard ONNX ops: {', '.join(foreign)}")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+_LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
+                ort_errors.NoSuchFile, ort_errors.NotImplemented)
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+    """An onnxruntime CPU session of an :func:`export_onnx` file; ``threads``: intra-op
+    threads (None: onnxruntime's default, one per core)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except _LOAD_ERRORS as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: not a loadable ONNX model ({first})") from None
+    inputs, outputs = session.get_inputs(), [o.name for o in session.get_outputs()]
+    if [i.name for i in inputs] != [INPUT_NAME] or inputs[0].type != "tensor(uint8)" or outputs != list(OUTPUT_NAMES):
+        raise UserError(f"{path}: not an FBNetV3IS export (wants input {INPUT_NAME} uint8, outputs "
+                        f"{', '.join(OUTPUT_NAMES)}; see nars deploy)")
+    return session
+
+
+def image_array(image: Image.Image | Tensor | np.ndarray) -> np.ndarray:
+    """The graph's input: uint8 RGB ``[3, H, W]``, from a PIL image, a uint8 ``[3, H, W]``
+    tensor or array, or the PyTorch model's float ``[3, H, W]`` in [0, 1] (quantised as
+    ``FBNetTransform`` does)."""
+    if isinstance(image, Image.Image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB")).transpose(2, 0, 1))
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3 or min(image.shape[1:]) < 1:
+        shape = tuple(image.shape) if isinstance(image, (Tensor, np.ndarray)) else type(image).__name__
+        raise UserError(f"image must be a PIL image or an RGB [3, H, W] tensor, got {shape}")
+    if image.is_floating_point():
+        image = (image * 255.0).round().clamp(0, 255)
+    elif image.dtype != torch.uint8:
+        raise UserError(f"image must be uint8 (0-255) or float (0-1), got {image.dtype}")
+    return np.ascontiguousarray(image.detach().cpu().to(torch.uint8).numpy())
+
+
+def run_onnx(session: ort.InferenceSession, image: Image.Image | Tensor | np.ndarray) -> dict[str, Tensor]:
+    """One image's detections, as the PyTorch model's output dict (CPU tensors)."""
+    outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image_array(image)})
+    return {name: torch.from_numpy(value) for name, value in zip(OUTPUT_NAMES, outputs)}
