@@ -1,0 +1,151 @@
+"""Inference latency of FBNetV3IS configs on this machine's CPU, timed as ``nars predict`` runs them.
+
+Protocol (bench/bench_model_cost.py's): the model is built, fused for inference
+(``nars.model.fuse``), channels-last (``to_device``), eval mode, ``torch.no_grad``, with
+random weights unless weights are given; one seeded HxW RGB image, kept at HxW (the test
+resize is set to it). Why a fixed detection count: with random weights, how many boxes pass
+the score threshold is arbitrary (usually none, so the mask head would never run); the
+threshold is therefore 0, so every image yields exactly ``detections`` boxes (RPN proposals
+raised to at least that many) and the mask head always runs on that many RoIs. Warm-up
+runs, then timed runs interleaved round-robin across the configs (the order rotates each
+round, so a burst of load on a shared CPU hits every config alike); median and 90th
+percentile reported.
+
+Set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported for stable figures on a shared CPU
+(spinning OpenMP threads made 2-thread runs 4-17x slower, BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nars.config import get, set_key
+from nars.engine.distributed import to_device
+from nars.engine.loading import load_run_weights
+from nars.errors import UserError
+from nars.model.cost import test_input_size
+from nars.model.fbnetv3is import build_model
+from nars.model.fuse import fuse_for_inference
+
+ENGINES = ("torch", "onnxruntime")
+WARMUP, RUNS = 3, 10
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    """One config's latency; ``detections`` is what the model returned per image (the
+    requested count unless the RoI heads ran out of boxes)."""
+
+    median_ms: float
+    p90_ms: float
+    min_ms: float  # the least disturbed run: on a shared CPU the steadiest figure
+    runs: int
+    engine: str
+    threads: int
+    input_size: tuple[int, int]
+    detections: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "input_size": list(self.input_size)}
+
+
+def latency_config(cfg: Mapping[str, Any], input_size: tuple[int, int] | None = None,
+                   detections: int | None = None) -> dict[str, Any]:
+    """A copy of ``cfg`` set up for timing on the CPU: an HxW image keeps its size (default:
+    ``test_input_size(cfg)``), and every image yields exactly ``detections`` boxes (default:
+    the config's TEST.DETECTIONS_PER_IMAGE)."""
+    cfg = copy.deepcopy(dict(cfg))
+    h, w = input_size or test_input_size(cfg)
+    n = get(cfg, "TEST.DETECTIONS_PER_IMAGE") if detections is None else detections
+    if min(h, w) < 1 or n < 1:
+        raise UserError(f"latency needs an input size >= 1x1 and detections >= 1, got {h}x{w} and {n}")
+    post = max(get(cfg, "MODEL.RPN.POST_NMS_TOPK_TEST"), n)
+    for key, value in (("INPUT.MIN_SIZE_TEST", min(h, w)), ("INPUT.MAX_SIZE_TEST", max(h, w)),
+                       ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0), ("TEST.DETECTIONS_PER_IMAGE", n),
+                       ("MODEL.RPN.POST_NMS_TOPK_TEST", post),
+                       ("MODEL.RPN.PRE_NMS_TOPK_TEST", max(get(cfg, "MODEL.RPN.PRE_NMS_TOPK_TEST"), post)),
+                       ("MODEL.DEVICE", "cpu")):
+        set_key(cfg, key, value, "latency")
+    return cfg
+
+
+def inference_model(cfg: Mapping[str, Any], weights: str | None = None) -> torch.nn.Module:
+    """The config's model as ``nars predict`` runs it on the CPU: fused, channels-last, eval."""
+    model = build_model(cfg)
+    if weights:
+        load_run_weights(model, weights, cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
+    return fuse_for_inference(to_device(model, torch.device("cpu")))
+
+
+def _runner(cfg: Mapping[str, Any], engine: str, threads: int, weights: str | None,
+            image: torch.Tensor, path: str) -> Callable[[], int]:
+    """A call that runs one inference and returns the number of detections; the
+    onnxruntime engine exports the model to ``path`` first."""
+    model = inference_model(cfg, weights)
+    if engine == "torch":
+        def run() -> int:
+            with torch.no_grad():
+                return len(model([image])[0]["boxes"])
+        return run
+    from nars.deploy.onnx import export_onnx, image_array, onnx_session, run_onnx
+
+    export_onnx(model, path)
+    session, pixels = onnx_session(path, threads), image_array(image)  # the graph's uint8 input, made once
+    return lambda: len(run_onnx(session, pixels)["boxes"])
+
+
+def measure_latencies(
+    cfgs: Sequence[Mapping[str, Any]],
+    *,
+    engine: str = "torch",
+    threads: int = 2,
+    input_size: tuple[int, int] | None = None,
+    detections: int | None = None,
+    warmup: int = WARMUP,
+    runs: int = RUNS,
+    weights: str | None = None,
+    progress: bool = False,
+) -> list[LatencyResult]:
+    """Each config's latency (see the module docstring), measured together round-robin.
+    ``input_size`` and ``detections`` default to each config's own; the thread count is
+    restored after."""
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise UserError(f"latency needs threads >= 1, runs >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}")
+    sizes = [tuple(input_size) if input_size else test_input_size(cfg) for cfg in cfgs]
+    timed = [latency_config(cfg, size, detections) for cfg, size in zip(cfgs, sizes)]
+    generator = torch.Generator().manual_seed(0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="nars-latency-") as workdir:
+            runners = [_runner(cfg, engine, threads, weights, torch.rand(3, h, w, generator=generator),
+                               f"{workdir}/{i}.onnx") for i, (cfg, (h, w)) in enumerate(zip(timed, sizes))]
+            times: list[list[float]] = [[] for _ in runners]
+            found = [0] * len(runners)
+            rounds = tqdm(range(warmup + runs), desc="latency", unit="round", disable=not progress, dynamic_ncols=True)
+            for r in rounds:
+                shift = r % len(runners)
+                for i in list(range(shift, len(runners))) + list(range(shift)):
+                    start = time.perf_counter()
+                    found[i] = runners[i]()
+                    if r >= warmup:
+                        times[i].append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+    return [LatencyResult(float(np.median(t)), float(np.percentile(t, 90)), min(t), runs, engine, threads, size, n)
+            for t, size, n in zip(times, sizes, found)]
+
+
+def measure_latency(cfg: Mapping[str, Any], **kwargs: Any) -> LatencyResult:
+    """One config's latency; keywords as ``measure_latencies``."""
+    return measure_latencies([cfg], **kwargs)[0]
