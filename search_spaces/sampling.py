@@ -32,9 +32,12 @@ class Sample:
     id: str
     mflops: float
     params: int
+    latency_ms: float | None = None  # predicted, when the space has a latency model
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "mflops": round(self.mflops, 3), "params": self.params, "candidate": self.candidate}
+        latency = {} if self.latency_ms is None else {"latency_ms": round(self.latency_ms, 3)}
+        return {"id": self.id, "mflops": round(self.mflops, 3), "params": self.params, **latency,
+                "candidate": self.candidate}
 
 
 def unit_generator(method: str, dims: int, seed: int) -> Callable[[int], np.ndarray]:
@@ -55,41 +58,51 @@ def sample(
     seed: int = 0,
     max_mflops: float | None = None,
     max_params: float | None = None,
+    max_latency_ms: float | None = None,
 ) -> list[Sample]:
-    """``n`` distinct candidates with MFLOPs <= max_mflops and params <= max_params."""
+    """``n`` distinct candidates with MFLOPs <= max_mflops, params <= max_params and (with the
+    space's latency model, ``SearchSpace.with_latency``) predicted latency <= max_latency_ms;
+    with a latency model every sample carries its predicted latency."""
     if n < 0:
         raise UserError(f"the number of samples must be >= 0, got {n}")
+    if max_latency_ms is not None and space.latency_model is None:
+        raise UserError(f"space {space.name}: max_latency_ms needs a latency model (SearchSpace.with_latency)")
     draw = unit_generator(method, space.unit_dims, seed)
-    limit_mflops = math.inf if max_mflops is None else max_mflops
-    limit_params = math.inf if max_params is None else max_params
+    limits = (math.inf if max_mflops is None else max_mflops, math.inf if max_params is None else max_params,
+              math.inf if max_latency_ms is None else max_latency_ms)
     out: list[Sample] = []
     seen: set[str] = set()
-    drawn, smallest = 0, (math.inf, math.inf)
+    drawn, smallest = 0, (math.inf, math.inf, math.inf)
     while len(out) < n:
-        for candidate in space.from_unit(draw(BATCH)):
-            mflops, params = space._cost(candidate)
-            smallest = (min(smallest[0], mflops), min(smallest[1], params))
-            if mflops > limit_mflops or params > limit_params:
+        candidates = space.from_unit(draw(BATCH))
+        costs = [space._cost(c) for c in candidates]
+        latencies = space.latencies(candidates) if space.latency_model is not None else [None] * len(candidates)
+        for candidate, (mflops, params), latency in zip(candidates, costs, latencies):
+            values = (mflops, params, math.inf if latency is None else float(latency))
+            smallest = tuple(min(a, b) for a, b in zip(smallest, values))  # type: ignore[assignment]
+            if any(v > limit for v, limit in zip(values, limits)):
                 continue
             cid = canonical_id(candidate)
             if cid not in seen:
                 seen.add(cid)
-                out.append(Sample(candidate, cid, mflops, params))
+                out.append(Sample(candidate, cid, mflops, params, None if latency is None else float(latency)))
                 if len(out) == n:
                     break
         drawn += BATCH
         needed = drawn * n / len(out) if out else math.inf  # draws this rate would take in all
         if len(out) < n and (drawn >= MAX_DRAWS or (drawn >= FIRST_HIT_WITHIN and needed > MAX_DRAWS)):
             found = f"only {len(out)} of {drawn:,}" if out else f"none of {drawn:,}"
+            latency = f", {smallest[2]:.1f} ms predicted" if max_latency_ms is not None else ""
             raise UserError(
-                f"space {space.name}: {found} drawn candidates meet {_limits(max_mflops, max_params)} "
-                f"(the smallest drawn: {smallest[0]:.1f} MFLOPs, {smallest[1]:,} params); relax the limit"
+                f"space {space.name}: {found} drawn candidates meet {_limits(max_mflops, max_params, max_latency_ms)} "
+                f"(the smallest drawn: {smallest[0]:.1f} MFLOPs, {smallest[1]:,} params{latency}); relax the limit"
                 + (f" or ask for fewer than {n}" if out else "")
             )
     return out
 
 
-def _limits(max_mflops: float | None, max_params: float | None) -> str:
+def _limits(max_mflops: float | None, max_params: float | None, max_latency_ms: float | None = None) -> str:
     parts = ([f"MFLOPs <= {max_mflops:g}"] if max_mflops is not None else [])
     parts += [f"params <= {max_params:g}"] if max_params is not None else []
+    parts += [f"predicted latency <= {max_latency_ms:g} ms"] if max_latency_ms is not None else []
     return " and ".join(parts) or "no limit (the space has too few distinct candidates)"

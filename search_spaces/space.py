@@ -34,7 +34,7 @@ import numpy as np
 from nars.config import DEFAULTS, default_config, get, load_config, set_key
 from nars.errors import UserError
 from nars.model.arch import PARTS, ArchSpec, BlockSpec, parse_arch, resolve_arch
-from nars.model.cost import COST_KEYS, config_cost
+from nars.model.cost import COST_KEYS, LATENCY_KEYS, config_cost
 from nars.schema import read_yaml, resolve_file
 from search_spaces.params import Choice, DomainError, Param, active_mask, parse_param, same
 
@@ -153,6 +153,8 @@ class SearchSpace:
     """Parameters, the arch and config templates, and the maps between candidates,
     configs, costs, encodings and the unit cube."""
 
+    latency_model: Any = None  # set by with_latency
+
     def __init__(self, path: Path, data: Mapping[str, Any]):
         self.path = path
         self.name = str(data.get("name", path.stem))
@@ -175,7 +177,7 @@ class SearchSpace:
         self.recipe_slice = slice(self.arch_slice.stop, self.encoding_length)
         self._slices = [slice(a - w, a) for a, w in zip(np.cumsum(widths), widths)]
         self.unit_dims = sum(p.unit_width for p in self.params)
-        self._cost_templates = {k: self.config_template.get(k, get(DEFAULTS, k)) for k in COST_KEYS}
+        self._cost_templates = {k: self.config_template.get(k, get(DEFAULTS, k)) for k in LATENCY_KEYS}
         self._check_arch()
         self._check_config_keys()
         self.references = {str(n): self._reference(str(n), r) for n, r in (data.get("references") or {}).items()}
@@ -360,7 +362,8 @@ class SearchSpace:
 
     # ----- costs -----
 
-    def _cost(self, c: Mapping[str, Any]) -> tuple[float, int]:
+    def _cost_config(self, c: Mapping[str, Any]) -> dict[str, Any]:
+        """The nested config of ``LATENCY_KEYS`` a canonical candidate's trials run with."""
         cfg: dict[str, Any] = {}
         for key, template in self._cost_templates.items():
             *path, leaf = key.split(".")
@@ -368,7 +371,10 @@ class SearchSpace:
             for part in path:
                 node = node.setdefault(part, {})
             node[leaf] = _fill(template, c)
-        cost = config_cost(cfg, self._arch(c))
+        return cfg
+
+    def _cost(self, c: Mapping[str, Any]) -> tuple[float, int]:
+        cost = config_cost(self._cost_config(c), self._arch(c))
         return cost.mflops["total"], cost.params["total"]
 
     def bind(self, base: Mapping[str, Any], pinned: Mapping[str, Any] | None = None) -> "SearchSpace":
@@ -378,9 +384,23 @@ class SearchSpace:
         pinned = pinned or {}
         bound = copy.copy(self)
         bound._cost_templates = {
-            k: pinned[k] if k in pinned else self.config_template.get(k, get(base, k)) for k in COST_KEYS
+            k: pinned[k] if k in pinned else self.config_template.get(k, get(base, k)) for k in LATENCY_KEYS
         }
         return bound
+
+    def with_latency(self, model: Any) -> "SearchSpace":
+        """This space predicting each candidate's latency with ``model`` (a fitted
+        ``predictor.latency.LatencyPredictor``): ``latencies``, and sampling and stage 2
+        under ``max_latency_ms``."""
+        space = copy.copy(self)
+        space.latency_model = model
+        return space
+
+    def latencies(self, candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Predicted latency (ms) of canonical candidates, in one predictor call."""
+        if self.latency_model is None:
+            raise UserError(f"space {self.name}: no latency model (fit one with predictor.latency.fit_space_latency)")
+        return self.latency_model.predict_configs([(self._cost_config(c), self._arch(c)) for c in candidates])
 
     def cost(self, candidate: Mapping[str, Any]) -> tuple[float, int]:
         """(MFLOPs, learnable params) of the candidate's model (``config_cost``: a square

@@ -27,6 +27,9 @@ COST_KEYS = (
     "INPUT.MAX_SIZE_TEST",
     "TEST.DETECTIONS_PER_IMAGE",
 )
+# ... and those its latency depends on too: the norm (BN folds into convolutions at
+# inference, GN does not; predictor.latency reads it beside the costs).
+LATENCY_KEYS = COST_KEYS + ("MODEL.FBNET_V2.NORM",)
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""Latency: measuring (nars.deploy.latency, nars model latency), the per-machine latency
+predictor and its cache (predictor.latency), and sampling under a latency limit."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nars.cli import main
+from nars.config import load_config, set_key
+from nars.deploy.latency import measure_latencies, measure_latency
+from nars.errors import UserError
+from predictor.latency import FEATURES, cache_key, fit_space_latency, latency_features
+from search_spaces import load_space, sample
+
+# the tiny search's pinned keys: 64 px images (tests/data/tiny_search.yaml)
+PINNED = {"INPUT.MIN_SIZE_TEST": 64, "INPUT.MAX_SIZE_TEST": 64}
+
+
+def test_measure_latency_is_sane_respects_detections_and_restores_threads(tiny_cfg):
+    before = torch.get_num_threads()
+    r = measure_latency(tiny_cfg(), detections=5, threads=1, warmup=1, runs=3)
+    assert torch.get_num_threads() == before
+    assert (r.engine, r.threads, r.runs, r.input_size, r.detections) == ("torch", 1, 3, (64, 64), 5)
+    assert 0 < r.min_ms <= r.median_ms <= r.p90_ms < 10_000
+    wide, few = measure_latencies([tiny_cfg(), tiny_cfg()], input_size=(48, 80), detections=2, warmup=0, runs=2)
+    assert (wide.input_size, wide.detections, few.detections) == ((48, 80), 2, 2)
+
+
+def test_measure_latency_refuses_bad_arguments(tiny_cfg):
+    with pytest.raises(UserError, match="unknown engine 'tvm'"):
+        measure_latency(tiny_cfg(), engine="tvm")
+    with pytest.raises(UserError, match="detections >= 1"):
+        measure_latency(tiny_cfg(), detections=0)
+
+
+def test_model_latency_cli_json(capsys):
+    assert main(["model", "latency", "FBNetV3_A_dsmask", "--input-size", "64", "64", "--detections", "3",
+                 "--runs", "2", "--warmup", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["input_size"] == [64, 64] and out["detections"] == 3 and out["median_ms"] > 0
+
+
+def _space():
+    """The quick space as the tiny search binds it, and its trials' configs (as the driver pins)."""
+    base = load_config("search_shapes")
+    space = load_space("fbnetv3is_quick").bind(base, PINNED)
+
+    def config_of(candidate):
+        cfg = space.to_config(candidate, base=base)
+        for key, value in PINNED.items():
+            set_key(cfg, key, value, "test")
+        return cfg
+
+    return space, config_of
+
+
+def test_latency_predictor_fits_predicts_and_caches_per_machine(tmp_path, monkeypatch):
+    monkeypatch.setenv("NARS_CACHE", str(tmp_path))
+    space, config_of = _space()
+    model, info = fit_space_latency(space, config_of, samples=6, runs=2, threads=1)
+    assert (info["measured"], info["cached"]) == (6, 0)
+    path = tmp_path / "latency" / info["path"].rsplit("/", 1)[1]
+    stored = json.loads(path.read_text())
+    assert stored["key"] == cache_key(space, 1, "torch") and len(stored["measurements"]) == 6
+    assert stored["key"]["cpu"] and stored["key"]["torch"] == torch.__version__
+    candidates = [s.candidate for s in sample(space, 5, seed=9)]
+    predicted = space.with_latency(model).latencies(candidates)
+    assert predicted.shape == (5,) and (predicted > 0).all()
+    measured = [m["median_ms"] for m in stored["measurements"]]
+    assert 0.2 * min(measured) < np.median(predicted) < 5 * max(measured)  # the measurements' scale
+    # a second run reuses the six and measures two new ones; another thread count is another machine key
+    _, again = fit_space_latency(space, config_of, samples=2, runs=2, threads=1)
+    assert (again["measured"], again["cached"], again["path"]) == (2, 6, info["path"])
+    assert len(json.loads(path.read_text())["measurements"]) == 8
+    _, other = fit_space_latency(space, config_of, samples=2, runs=1, threads=2)
+    assert other["path"] != info["path"] and other["cached"] == 0
+
+
+def test_sampling_under_a_latency_limit(tmp_path, monkeypatch):
+    monkeypatch.setenv("NARS_CACHE", str(tmp_path))
+    space, config_of = _space()
+    with pytest.raises(UserError, match="max_latency_ms needs a latency model"):
+        sample(space, 2, max_latency_ms=10.0)
+    model, _ = fit_space_latency(space, config_of, samples=5, runs=1, threads=1)
+    timed = space.with_latency(model)
+    free = sample(timed, 40, seed=1)
+    limit = float(np.median([s.latency_ms for s in free]))
+    kept = sample(timed, 10, seed=1, max_latency_ms=limit)
+    assert len(kept) == 10 and all(s.latency_ms <= limit for s in kept)
+    assert "latency_ms" in kept[0].to_dict()
+    with pytest.raises(UserError, match=r"predicted latency <= 0.001 ms .* ms predicted\)"):
+        sample(timed, 2, max_latency_ms=0.001)
+
+
+def test_features_count_gn_and_rois():
+    base = load_config("search_shapes")
+    bn = latency_features(base)
+    gn = latency_features(load_config("search_shapes", ["MODEL.FBNET_V2.NORM", "GN"]))
+    more = latency_features(load_config("search_shapes", ["MODEL.RPN.POST_NMS_TOPK_TEST", "60"]))
+    names = list(FEATURES)
+    assert bn[names.index("gn_mact")] == 0 < gn[names.index("gn_mact")]
+    assert more[names.index("rois")] == 2 * bn[names.index("rois")]
+    assert more[names.index("box_mmacs")] == pytest.approx(2 * bn[names.index("box_mmacs")])
