@@ -10,6 +10,7 @@ import sys
 from typing import Sequence
 
 from nars.commands import data as data_commands
+from nars.commands import deploy as deploy_commands
 from nars.commands import eval as eval_commands
 from nars.commands import experiment as experiment_commands
 from nars.commands import model as model_commands
@@ -24,7 +25,7 @@ from nars.errors import UserError
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
 COMMAND_MODULES = (
     model_commands, data_commands, train_commands, eval_commands, predict_commands, space_commands, predictor_commands,
-    search_commands, experiment_commands, weights_commands,
+    search_commands, experiment_commands, weights_commands, deploy_commands,
 )
 
 

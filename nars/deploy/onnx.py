@@ -27,7 +27,9 @@ from __future__ import annotations
 import copy
 import io
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 import numpy as np
 import onnx
@@ -40,11 +42,13 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
+from nars.data.shapes import render
+from nars.engine.inference import load_predictor, run_image
 from nars.errors import UserError
 from nars.fileio import atomic_write_bytes
 from nars.model.fbnetv3is import FBNetV3IS
 from nars.model.fuse import fuse_for_inference
-from nars.model.transform import nonempty
+from nars.model.transform import binary_masks, nonempty
 
 OPSET = 17
 MIN_OPSET = 16  # GridSample; RoiAlign's coordinate_transformation_mode (torchvision's aligned=True)
@@ -166,16 +170,22 @@ class ExportableFBNet(nn.Module):
         return boxes, det["scores"][keep], det["labels"][keep], masks
 
 
-def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
-    """Write ``model``'s inference for one image to ``path`` (atomically; the module
-    docstring has the graph's inputs and outputs). ``model`` itself is left as it is: a copy
-    is folded (``fuse_for_inference``) and traced on the CPU."""
+def _checked_target(path: str | Path, opset: int) -> Path:
+    """``path`` as a Path, once it and ``opset`` can be written."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise UserError(f"--opset {opset}: must be in [{MIN_OPSET}, {MAX_OPSET}] (GridSample and half-pixel "
                         f"RoiAlign need {MIN_OPSET}; torch's TorchScript exporter stops at {MAX_OPSET})")
     path = Path(path)
     if not path.parent.is_dir():
         raise UserError(f"{path}: folder {path.parent} does not exist")
+    return path
+
+
+def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
+    """Write ``model``'s inference for one image to ``path`` (atomically; the module
+    docstring has the graph's inputs and outputs). ``model`` itself is left as it is: a copy
+    is folded (``fuse_for_inference``) and traced on the CPU."""
+    path = _checked_target(path, opset)
     fused = fuse_for_inference(copy.deepcopy(model).cpu())
     t = fused.transform
     example = torch.zeros(3, t.min_size_test, t.min_size_test, dtype=torch.uint8)
@@ -242,3 +252,65 @@ def run_onnx(session: ort.InferenceSession, image: Image.Image | Tensor | np.nda
     """One image's detections, as the PyTorch model's output dict (CPU tensors)."""
     outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image_array(image)})
     return {name: torch.from_numpy(value) for name, value in zip(OUTPUT_NAMES, outputs)}
+
+
+@dataclass(frozen=True)
+class Parity:
+    """onnxruntime's detections against PyTorch's for one image, detection by detection in
+    score order (over the first ``min`` of both counts)."""
+
+    image_hw: tuple[int, int]
+    detections: tuple[int, int]  # PyTorch, ONNX
+    labels_equal: bool
+    box_px: float  # max |difference| of box coordinates, in pixels
+    score: float  # max |difference| of scores
+    mask_mean_abs: float  # mean |difference| of the pasted probabilities
+    mask_iou: float  # least IoU of the binary masks (1.0 when no detections)
+    mask_px: int  # binary-mask pixels that differ, all detections together
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for the CLI."""
+        (n_torch, n_onnx), (h, w) = self.detections, self.image_hw
+        return (f"onnxruntime vs PyTorch on a {h}x{w} image: {n_onnx} vs {n_torch} detections, labels "
+                f"{'equal' if self.labels_equal else 'DIFFER'}, max box diff {self.box_px:.2e} px, max score diff "
+                f"{self.score:.2e}, mask mean abs diff {self.mask_mean_abs:.2e}, binary mask IoU >= {self.mask_iou:.4f} "
+                f"({self.mask_px} px differ)")
+
+
+def compare_detections(reference: Mapping[str, Tensor], exported: Mapping[str, Tensor]) -> Parity:
+    """:class:`Parity` of ``exported`` (``run_onnx``) against ``reference`` (the model's dict)."""
+    n = min(len(reference["scores"]), len(exported["scores"]))
+    ref, out = ({k: v[:n].float() for k, v in d.items()} for d in (reference, exported))
+    ref_bits, out_bits = binary_masks(ref["masks"]), binary_masks(out["masks"])
+    union = (ref_bits | out_bits).flatten(1).sum(1)
+    iou = torch.where(union > 0, (ref_bits & out_bits).flatten(1).sum(1) / union.clamp(min=1), torch.ones(n))
+    worst = lambda t: float(t.abs().max()) if t.numel() else 0.0  # noqa: E731
+    return Parity(
+        image_hw=tuple(reference["masks"].shape[-2:]), detections=(len(reference["scores"]), len(exported["scores"])),
+        labels_equal=torch.equal(ref["labels"], out["labels"]), box_px=worst(ref["boxes"] - out["boxes"]),
+        score=worst(ref["scores"] - out["scores"]),
+        mask_mean_abs=float((ref["masks"] - out["masks"]).abs().mean()) if n else 0.0,
+        mask_iou=float(iou.min()) if n else 1.0, mask_px=int((ref_bits ^ out_bits).sum()),
+    )
+
+
+def synthetic_image(height: int = 240, width: int = 320, seed: int = 0) -> Image.Image:
+    """A shapes scene (``nars.data.shapes``) cropped to ``height x width``: something to
+    detect, at a size most test sizes resize."""
+    side = max(height, width)
+    return Image.fromarray(render(np.random.default_rng(seed), side).image[:height, :width])
+
+
+def export_checked(cfg: Mapping[str, Any], weights: str, path: str | Path, opset: int = OPSET,
+                   threads: int | None = None) -> Parity:
+    """``nars deploy``: the config's model with ``weights`` (as ``nars predict`` loads it)
+    exported to ``path``, then run once by onnxruntime and by PyTorch on
+    :func:`synthetic_image`; their :class:`Parity`."""
+    _checked_target(path, opset)  # before the model loads
+    model, device = load_predictor(cfg, weights)
+    export_onnx(model, path, opset)
+    image = synthetic_image()
+    return compare_detections(run_image(model, image, device), run_onnx(onnx_session(path, threads), image))
