@@ -33,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--best", action="store_true", help="the best verified segm AP (the default)")
     which.add_argument("--max-mflops", type=float, metavar="X", help="the best verified segm AP within X MFLOPs")
     export.add_argument("--out", required=True, metavar="DIR")
+    export.add_argument("--onnx", action="store_true",
+                        help="also DIR/model.onnx for onnxruntime, checked against PyTorch (as nars deploy)")
     export.set_defaults(run=run_export)
 
 
@@ -104,10 +106,15 @@ def run_export(args: argparse.Namespace) -> int:
     from nars.search.export import export
 
     out = Path(args.out)
-    summary = export(Path(args.run_dir), out, args.id, args.max_mflops)
+    summary = export(Path(args.run_dir), out, args.id, args.max_mflops, onnx=args.onnx)
     m = summary["metrics"]
     print(f"exported {summary['id']} (segm AP {_fmt(m.get('segm_AP'))}, bbox AP {_fmt(m.get('bbox_AP'))}, "
           f"{summary['mflops']:.1f} MFLOPs, {summary['params']:,} params) to {out}")
+    if args.onnx:
+        from nars.deploy.onnx import Parity
+        from nars.search.export import ONNX_FILE
+
+        print(f"{out / ONNX_FILE}: {Parity(**summary['onnx']).summary()}")
     print(f"retrain: nars train {out / 'config.yaml'} --out {out / 'retrain'}; "
           f"evaluate: nars eval {out / 'config.yaml'} --weights {out / 'model_final.pth'}")
     return 0

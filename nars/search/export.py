@@ -1,4 +1,5 @@
-"""``nars export``: a verified trial as a standalone FBNetV3IS training config + weights."""
+"""``nars export``: a verified trial as a standalone FBNetV3IS training config + weights
+(and, with ``onnx``, as ``model.onnx`` for onnxruntime: nars.deploy.onnx)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from nars.fileio import atomic_write_text
 from nars.model.weights import FINAL_WEIGHTS
 from nars.search.report import open_store
 from nars.search.store import STORE_FILE
+
+ONNX_FILE = "model.onnx"
 
 
 def pick(trials: list[dict[str, Any]], trial_id: str | None, max_mflops: float | None) -> dict[str, Any]:
@@ -32,8 +35,10 @@ def pick(trials: list[dict[str, Any]], trial_id: str | None, max_mflops: float |
     return max(verified, key=lambda t: t["metrics"].get("segm_AP", 0.0))
 
 
-def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: float | None = None) -> dict[str, Any]:
-    """Write ``out/config.yaml``, ``out/model_final.pth`` and ``out/summary.json``."""
+def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: float | None = None,
+           onnx: bool = False) -> dict[str, Any]:
+    """Write ``out/config.yaml``, ``out/model_final.pth`` and ``out/summary.json``; with
+    ``onnx`` also ``out/model.onnx``, whose check against PyTorch goes into the summary."""
     store = open_store(run_dir)
     try:
         trials = store.trials()
@@ -64,5 +69,9 @@ def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: fl
     shutil.copyfile(weights, tmp)
     tmp.replace(out / FINAL_WEIGHTS)
     atomic_write_text(out / "config.yaml", dump(cfg))
+    if onnx:
+        from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
+
+        summary["onnx"] = export_checked(cfg, str(out / FINAL_WEIGHTS), out / ONNX_FILE).to_dict()
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
