@@ -39,7 +39,7 @@ from sklearn.preprocessing import StandardScaler
 from nars.config import get
 from nars.fileio import atomic_write_text
 from nars.model.arch import ArchSpec
-from nars.model.cost import ModelCost, config_cost, test_input_size
+from nars.model.cost import config_cost, test_input_size
 from search_spaces import SearchSpace, sample
 
 KINDS = ("ridge", "gbm")
@@ -56,12 +56,13 @@ FEATURES = (
 )
 
 
-def latency_features(cfg: Mapping[str, Any], arch: ArchSpec | None = None, cost: ModelCost | None = None) -> np.ndarray:
+def latency_features(cfg: Mapping[str, Any], arch: ArchSpec | None = None,
+                     input_size: tuple[int, int] | None = None) -> np.ndarray:
     """``FEATURES`` of the model a config builds (``cfg`` as ``config_cost`` takes it, plus
-    MODEL.FBNET_V2.NORM); ``cost``: its ``config_cost`` when the caller has it already."""
-    cost = cost if cost is not None else config_cost(cfg, arch)
+    MODEL.FBNET_V2.NORM) on an ``input_size`` image (default: ``test_input_size(cfg)``)."""
+    h, w = input_size or test_input_size(cfg)
+    cost = config_cost(cfg, arch, (h, w))
     trunk, rpn, box, mask = (cost.parts[p] for p in ("trunk", "rpn", "box_head", "mask_head"))
-    h, w = test_input_size(cfg)
     r, m = cost.rois, cost.mask_rois
     image_act = trunk.activations + rpn.activations
     heads_act = r * box.activations + m * mask.activations
