@@ -111,7 +111,7 @@ def test_experiment_from_shapes_loads_and_follows_the_data(shapes, tmp_path, cap
     rpn = {k.split(".")[-1]: v for k, v in cfg.items() if k.startswith("MODEL.RPN.")}
     assert rpn["POST_NMS_TOPK_TEST"] >= cfg["TEST.DETECTIONS_PER_IMAGE"] >= most
     assert rpn["PRE_NMS_TOPK_TRAIN"] >= rpn["POST_NMS_TOPK_TRAIN"] >= rpn["POST_NMS_TOPK_TEST"]
-    assert exp["constraints"] == {"max_mflops": None, "max_params": None}
+    assert exp["constraints"] == {"max_mflops": None, "max_params": None, "max_latency_ms": None}
     assert (exp["parent"]["weights"], exp["parent"]["arch"], exp["space"]) == ("", "", "fbnetv3is_quick")
     assert exp["ray"]["num_cpus"] == 2 and exp["ray"]["max_concurrent"] * exp["ray"]["cpus_per_trial"] <= 2
     assert exp["stage1"]["max_iter"] % exp["stage1"]["eval_period"] == 0
@@ -136,7 +136,7 @@ def test_flags_land_in_their_keys(shapes, tmp_path):
     assert exp["name"] == "cells"
     assert (exp["parent"]["weights"], exp["parent"]["arch"]) == (str(ckpt), "FBNetV3_A_dsmask")
     assert exp["space"] == "fbnetv3is_finetune"  # a parent: the fine-tuning recipes
-    assert exp["constraints"] == {"max_mflops": 500.0, "max_params": 1000000}
+    assert exp["constraints"] == {"max_mflops": 500.0, "max_params": 1000000, "max_latency_ms": None}
     assert _new(shapes, tmp_path / "named.yaml", "--parent", "FBNetV3a-DSMask-C4 COCO") == 0  # a named checkpoint stays
     assert load_experiment(tmp_path / "named.yaml")["parent"]["weights"] == "FBNetV3a-DSMask-C4 COCO"
 

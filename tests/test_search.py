@@ -176,6 +176,9 @@ def test_pareto_json_and_plot(searched, capsys):
     assert main(["pareto", str(searched["run"]), "--json", "--plot", str(png)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows and all({"id", "segm_AP", "bbox_AP", "mflops", "params"} <= set(r) for r in rows)
+    assert all(r["latency_ms"] is None for r in rows)  # a search without latency predicts none
+    assert main(["pareto", str(searched["run"]), "--x", "latency"]) == 2
+    assert "the run has no latencies" in capsys.readouterr().err
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -195,6 +198,35 @@ def test_export_then_train_and_eval_the_export(searched, capsys):
     assert (retrain / "model_final.pth").is_file()
 
 
+def test_a_latency_search_stores_predicted_and_measured_latency_and_pareto_shows_them(tmp_path, capsys, monkeypatch):
+    """max_latency_ms and stage2.objective latency: the predictor is fitted on measured
+    candidates (cached per machine, kept in the run), every trial stores its predicted
+    latency, verified ones their measured latency too, and nars pareto shows both."""
+    monkeypatch.setenv("NARS_CACHE", str(tmp_path / "cache"))
+    limit = 1000.0
+    exp = _experiment(tmp_path, constraints={"max_latency_ms": limit}, latency={"samples": 4, "threads": 1},
+                      **{"stage1.rounds": 1, "stage2.objective": "latency"})
+    run = tmp_path / "run"
+    assert main(["search", str(exp), "--out", str(run)]) == 0
+    assert len(json.loads((run / "latency.json").read_text())) == 4
+    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
+    store = RunStore(run / "nars.sqlite")
+    trials, front = store.trials(), store.get_meta("stage2_front")
+    store.close()
+    assert all(0 < t["latency_ms"] <= limit for t in trials if t["stage"] != "reference")
+    assert all(0 < p["latency_ms"] <= limit for p in front)
+    verified = [t for t in trials if t["stage"] in ("verify", "reference") and t["status"] == "done"]
+    assert verified and all(t["measured_latency_ms"] > 0 for t in verified)
+    capsys.readouterr()
+    png = tmp_path / "front.png"
+    assert main(["pareto", str(run), "--json", "--x", "latency", "--plot", str(png)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and all(r["latency_ms"] > 0 and r["measured_latency_ms"] > 0 for r in rows)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["pareto", str(run)]) == 0
+    assert "pred ms" in capsys.readouterr().out
+
+
 def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, capsys):
     exp = _experiment(tmp_path, config={"MODEL.WEIGHTS": str(tmp_path / "missing.pth")},
                       **{"stage1.rounds": 1})
@@ -210,6 +242,9 @@ def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, cap
         ({"stage1": {"roundz": 2}}, "unknown experiment key stage1.roundz; did you mean stage1.rounds?"),
         ({"space": "no_such_space"}, "space no_such_space: no such file"),
         ({"constraints": {"max_mflops": 1.0}}, "drawn candidates meet MFLOPs <= 1 "),
+        ({"constraints": {"max_latency_ms": -5.0}}, "constraints.max_latency_ms must be > 0 (milliseconds), got -5.0"),
+        ({"constraints": {"max_latency_ms": "fast"}}, "constraints.max_latency_ms expects number or NoneType"),
+        ({"stage2": {"objective": "speed"}}, "stage2.objective must be one of mflops, latency, got 'speed'"),
         ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
                       "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),
         ({"ray": {"address": "127.0.0.1:9"}}, "ray.address 127.0.0.1:9: nothing answers there"),

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pareto.add_argument("run_dir", metavar="RUN")
     pareto.add_argument("--json", action="store_true", help="print the measured front as JSON")
     pareto.add_argument("--plot", metavar="FILE", help="write a PNG: all trials, the front, the reference")
+    pareto.add_argument("--x", choices=("mflops", "latency"), default="mflops",
+                        help="the cost the front and the plot use (latency: measured where measured, else predicted)")
     pareto.set_defaults(run=run_pareto)
 
     export = sub.add_parser("export", help="a verified trial as config.yaml + model_final.pth + summary.json")
@@ -68,16 +70,23 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _print_front(run_dir: Path) -> None:
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _print_front(run_dir: Path, x: str = "mflops") -> None:
     from nars.search.report import fronts
 
-    f = fronts(run_dir)
-    print(f"{'id':<14}{'segm AP':>9}{'bbox AP':>9}{'MFLOPs':>10}{'params':>11}{'iters':>7}  choices")
+    f = fronts(run_dir, x)
     rows = [("measured", r) for r in f["measured"]] + ([("reference", f["reference"])] if f["reference"] else [])
+    latency = any(r["latency_ms"] is not None for _, r in rows)
+    head = f"{'pred ms':>9}{'meas ms':>9}" if latency else ""
+    print(f"{'id':<14}{'segm AP':>9}{'bbox AP':>9}{'MFLOPs':>10}{head}{'params':>11}{'iters':>7}  choices")
     for kind, r in rows:
         choices = " ".join(f"{k}={v}" for k, v in r["choices"].items())
         tag = " (FBNetV3_A_dsmask reference)" if kind == "reference" else ""
-        print(f"{r['id']:<14}{_fmt(r['segm_AP']):>9}{_fmt(r['bbox_AP']):>9}{r['mflops']:>10.1f}{r['params']:>11,}"
+        ms = f"{_ms(r['latency_ms']):>9}{_ms(r['measured_latency_ms']):>9}" if latency else ""
+        print(f"{r['id']:<14}{_fmt(r['segm_AP']):>9}{_fmt(r['bbox_AP']):>9}{r['mflops']:>10.1f}{ms}{r['params']:>11,}"
               f"{r['iterations']:>7}  {choices}{tag}")
     if f["predicted"]:
         print(f"predicted front (stage 2): {len(f['predicted'])} candidates, predicted segm AP "
@@ -89,14 +98,14 @@ def run_pareto(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir)
     if args.json:
-        f = fronts(run_dir)
-        rows = [{k: r[k] for k in ("id", "segm_AP", "bbox_AP", "mflops", "params", "iterations", "choices")}
-                for r in f["measured"]]
-        print(json.dumps(rows))
+        f = fronts(run_dir, args.x)
+        keys = ("id", "segm_AP", "bbox_AP", "mflops", "latency_ms", "measured_latency_ms", "params", "iterations",
+                "choices")
+        print(json.dumps([{k: r[k] for k in keys} for r in f["measured"]]))
     else:
-        _print_front(run_dir)
+        _print_front(run_dir, args.x)
     if args.plot:
-        plot(run_dir, Path(args.plot))
+        plot(run_dir, Path(args.plot), args.x)
         if not args.json:
             print(f"plot: {args.plot}")
     return 0

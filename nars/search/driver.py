@@ -20,20 +20,23 @@ from typing import Any, Mapping
 
 from nars.config import load_config, set_key
 from nars.data.shapes import generate_shapes
+from nars.deploy.latency import measure_latencies
 from nars.engine.trainer import train
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.model.cost import config_cost
 from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint, read_checkpoint, resolve_weights
 from nars.search.evolution import evolve
-from nars.search.experiment import load_experiment
+from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
 from nars.search.store import STORE_FILE, RunStore
 from nars.search.trials import TrialSpec, run_trials
+from predictor.latency import fit_measurements, measure_space
 from search_spaces import SearchSpace, load_space, sample
 
 logger = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"
+LATENCY_FILE = "latency.json"  # the measurements the run's latency predictor was fitted on
 
 
 def _shapes(s: Mapping[str, Any], root: Path) -> dict[str, tuple[Path, Path]]:
@@ -101,7 +104,8 @@ class Search:
         self.exp, self.run_dir, self.progress = exp, run_dir, progress
         self.base = load_config(exp["base_config"])
         self.space: SearchSpace = load_space(exp["space"]).bind(self.base, exp["config"])  # trials' true costs
-        sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # feasible, or a clear error
+        limits = {k: exp["constraints"][k] for k in ("max_mflops", "max_params")}
+        sample(self.space, exp["stage1"]["trials_per_round"], **limits)  # feasible, or a clear error
         root = Path(exp.get("workdir", "."))
         weights = parent_weights(exp, root, progress)
         if weights:  # every trial starts from the parent (inherited onto its architecture)
@@ -114,8 +118,29 @@ class Search:
         self.base["DATALOADER"]["NUM_WORKERS"] = 0  # a trial is one process on its own CPU share
         self.base["SEED"] = exp["seed"]
         self._encoder = None
+        self.latency_measurements: list[dict[str, Any]] | None = None
+        if uses_latency(exp):
+            self.space = self.space.with_latency(self._latency_model())
+            sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # latency limit feasible?
 
     # -- helpers ------------------------------------------------------------------------
+    def _latency_model(self) -> Any:
+        """The latency predictor: refitted from the run's own measurements when resuming (the
+        same predictor, so the same choices), else fitted on this machine's cached ones plus
+        ``latency.samples`` candidates measured now."""
+        saved = self.run_dir / LATENCY_FILE
+        if saved.is_file():
+            self.latency_measurements = json.loads(saved.read_text())
+        else:
+            c, lat = self.exp["constraints"], self.exp["latency"]
+            self.latency_measurements, info = measure_space(
+                self.space, lambda candidate: self.trial_config(candidate, "verify"), samples=lat["samples"],
+                threads=lat["threads"], seed=self.exp["seed"], max_mflops=c["max_mflops"], max_params=c["max_params"],
+                progress=self.progress)
+            logger.info("latency predictor: %d candidates measured in %.0f s, %d from the cache (%s)",
+                        info["measured"], info["seconds"], info["cached"], info["path"])
+        return fit_measurements(self.latency_measurements, seed=self.exp["seed"])
+
     @property
     def encoder(self):
         if self._encoder is None:
@@ -156,13 +181,16 @@ class Search:
 
     def add(self, samples: list[Any], stage: str, round_index: int) -> None:
         """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are
-        kept), with the cost of the model each trial trains (its config, pinned keys included)."""
+        kept), with the cost of the model each trial trains (its config, pinned keys included)
+        and, with a latency predictor, its predicted latency."""
         rows = []
         for s in samples:
             cfg = self.trial_config(s.candidate, stage)
             cost = config_cost(cfg)
+            model = self.space.latency_model
             rows.append({"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
                          "candidate": s.candidate, "mflops": cost.mflops["total"], "params": cost.params["total"],
+                         "latency_ms": None if model is None else model.predict_config(cfg),
                          "max_iter": cfg["SOLVER"]["MAX_ITER"]})
         self.store.add_trials(rows)
 
@@ -193,7 +221,8 @@ class Search:
             s2 = self.exp["stage2"]
             front = evolve(self.space, model, optimizer=s2["optimizer"], budget=s2["budget"],
                            batch_size=s2["batch_size"], constraints=self.exp["constraints"],
-                           use_params=s2["use_params"], seed=self.exp["seed"], progress=self.progress)
+                           use_params=s2["use_params"], seed=self.exp["seed"], objective=s2["objective"],
+                           progress=self.progress)
             self.store.set_meta("stage2_front", front)
         return front
 
@@ -203,21 +232,40 @@ class Search:
             best = max(measured(self.store.trials(stage="stage1")), key=lambda t: t["metrics"][METRIC], default=None)
             incumbent = None if best is None else {"id": best["candidate_id"], "candidate": best["candidate"],
                                                    "mflops": best["mflops"]}
-            self.add([_Pick(p) for p in _picks(front, incumbent, v["top_k"])], "verify", 0)
+            key = "latency_ms" if self.exp["stage2"]["objective"] == "latency" else "mflops"
+            self.add([_Pick(p) for p in _picks(front, incumbent, v["top_k"], key)], "verify", 0)
             ref = self.space.references.get(v["reference"])
             if ref is not None:
                 self.add([_Pick({"id": self.space.candidate_id(ref), "candidate": ref})], "reference", 0)
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
         self.run_pending(pending, "verification", asha=False)
 
+    def measure_verified(self) -> None:
+        """The measured latency of every verified trial (and the reference) not measured yet,
+        timed together once no trial trains, as the predictor's measurements were."""
+        todo = [t for t in self.store.trials(status="done") if t["stage"] in ("verify", "reference")
+                and t["measured_latency_ms"] is None]
+        if not todo:
+            return
+        results = measure_latencies([self.trial_config(t["candidate"], t["stage"]) for t in todo],
+                                    threads=self.exp["latency"]["threads"], progress=self.progress)
+        for t, r in zip(todo, results):
+            self.store.set_measured_latency(t["id"], r.median_ms)
+
     def run(self, store: RunStore) -> None:
         self.store = store
+        saved = self.run_dir / LATENCY_FILE
+        if self.latency_measurements is not None and not saved.is_file():
+            atomic_write_text(saved, json.dumps(self.latency_measurements) + "\n")
         self.store.set_meta("state", "stage1")
         self.stage1()
         self.store.set_meta("state", "stage2")
         front = self.stage2()
         self.store.set_meta("state", "verify")
         self.verify(front)
+        if self.space.latency_model is not None:
+            self.store.set_meta("state", "latency")
+            self.measure_verified()
         self.store.set_meta("state", "finished")
 
 
@@ -228,14 +276,15 @@ class _Pick:
         self.id, self.candidate = entry["id"], entry["candidate"]
 
 
-def _picks(front: list[dict[str, Any]], incumbent: dict[str, Any] | None, k: int) -> list[dict[str, Any]]:
+def _picks(front: list[dict[str, Any]], incumbent: dict[str, Any] | None, k: int,
+           key: str = "mflops") -> list[dict[str, Any]]:
     """What verification trains: the best predicted AP; from k = 2 the incumbent (stage 1's best
     measured candidate, which a predictor fitted on a handful of trials can rank below its own
-    extrapolations); the rest spread evenly along the front's MFLOPs."""
+    extrapolations); the rest spread evenly along the front's cost ``key`` (stage 2's objective)."""
     picks = front[:1]
     if k > 1 and incumbent is not None and incumbent["id"] not in {p["id"] for p in picks}:
         picks.append(incumbent)
-    rest = sorted((s for s in front if s["id"] not in {p["id"] for p in picks}), key=lambda s: s["mflops"])
+    rest = sorted((s for s in front if s["id"] not in {p["id"] for p in picks}), key=lambda s: s[key])
     n = min(k - len(picks), len(rest))
     return picks + [rest[int(i * len(rest) / n)] for i in range(n)]
 

@@ -7,7 +7,7 @@ one; ``KEY VALUE`` overrides use dotted lower-case keys (``stage1.rounds 2``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nars.errors import UserError
 from nars.schema import Schema, resolve_file
@@ -15,6 +15,7 @@ from nars.schema import Schema, resolve_file
 EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "experiments"
 DEFAULT_EXPERIMENT = "quickstart"
 NONE_FLOAT = (float, type(None))
+OBJECTIVES = ("mflops", "latency")
 
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "name": "nars",
@@ -38,7 +39,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "space": "fbnetv3is_quick",
     "base_config": "search_shapes",  # the FBNetV3IS config that candidates override
     "config": {},  # dotted FBNetV3IS config keys pinned for every trial (over base_config and the candidate)
-    "constraints": {"max_mflops": None, "max_params": None},
+    # max_latency_ms: the predicted inference latency on this machine's CPU (the search first
+    # measures latency.samples candidates to fit the predictor: predictor.latency)
+    "constraints": {"max_mflops": None, "max_params": None, "max_latency_ms": None},
     "stage1": {
         "rounds": 2,
         "trials_per_round": 4,
@@ -49,7 +52,11 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "asha": {"grace_period": 50, "reduction_factor": 2},
         "pretrain_samples": 2048,
     },
-    "stage2": {"optimizer": "DE", "budget": 20000, "batch_size": 1024, "use_params": False},
+    # objective: the cost the predicted front trades segm AP against (mflops or latency)
+    "stage2": {"optimizer": "DE", "budget": 20000, "batch_size": 1024, "use_params": False, "objective": "mflops"},
+    # the latency predictor (when constraints.max_latency_ms is set or stage2.objective is
+    # latency): candidates measured per search (added to the machine's cache), threads timed with
+    "latency": {"samples": 24, "threads": 2},
     "verify": {"top_k": 2, "max_iter": 600, "reference": "FBNetV3_A_dsmask"},
     "ray": {
         "address": "",
@@ -64,7 +71,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 
 EXPERIMENT_SCHEMA = Schema(
     EXPERIMENT_DEFAULTS,
-    {"constraints.max_mflops": NONE_FLOAT, "constraints.max_params": NONE_FLOAT, "config": (dict,)},
+    {"constraints.max_mflops": NONE_FLOAT, "constraints.max_params": NONE_FLOAT,
+     "constraints.max_latency_ms": NONE_FLOAT, "config": (dict,)},
     kind="experiment",
 )
 
@@ -90,8 +98,23 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
         section, name = key.split(".")
         if exp[section][name] < minimum:
             raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
+    latency = exp["constraints"]["max_latency_ms"]
+    if latency is not None and not latency > 0:
+        raise UserError(f"{path}: constraints.max_latency_ms must be > 0 (milliseconds), got {latency}")
+    if exp["stage2"]["objective"] not in OBJECTIVES:
+        raise UserError(f"{path}: stage2.objective must be one of {', '.join(OBJECTIVES)}, "
+                        f"got {exp['stage2']['objective']!r}")
+    for key, minimum in (("latency.samples", 4), ("latency.threads", 1)):
+        section, name = key.split(".")
+        if exp[section][name] < minimum:
+            raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
     if not 0.0 <= exp["stage1"]["explore"] <= 1.0:
         raise UserError(f"{path}: stage1.explore must be in [0, 1], got {exp['stage1']['explore']}")
     if exp["stage1"]["max_iter"] % exp["stage1"]["eval_period"]:
         raise UserError(f"{path}: stage1.max_iter must be a multiple of stage1.eval_period (ASHA's rungs)")
     return exp
+
+
+def uses_latency(exp: Mapping[str, Any]) -> bool:
+    """Whether the search needs the latency predictor (a latency limit or objective)."""
+    return exp["constraints"]["max_latency_ms"] is not None or exp["stage2"]["objective"] == "latency"

@@ -1,4 +1,8 @@
-"""What a run found: the measured and predicted Pareto fronts, as rows and as a plot."""
+"""What a run found: the measured and predicted Pareto fronts, as rows and as a plot.
+
+The cost axis is MFLOPs or latency (``X_AXES``); a trial's latency is its measured one where
+the search measured it (verified trials and the reference), else the predicted one.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from nars.errors import UserError
 
 # The choices a table shows beside the metrics (when the candidate has them).
 SHOWN = ("t4.c", "box.c", "mask.c", "norm", "optimizer", "lr", "max_iter")
+X_AXES = {"mflops": "MFLOPs", "latency": "latency (ms)"}
 
 
 def _row(trial: dict[str, Any]) -> dict[str, Any]:
@@ -18,9 +23,20 @@ def _row(trial: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": trial["candidate_id"], "trial": trial["id"], "stage": trial["stage"],
         "segm_AP": m.get("segm_AP"), "bbox_AP": m.get("bbox_AP"),
-        "mflops": trial["mflops"], "params": trial["params"], "iterations": trial["max_iter"],
+        "mflops": trial["mflops"], "params": trial["params"],
+        "latency_ms": trial["latency_ms"], "measured_latency_ms": trial["measured_latency_ms"],
+        "iterations": trial["max_iter"],
         "choices": {k: trial["candidate"][k] for k in SHOWN if k in trial["candidate"]},
     }
+
+
+def cost_of(row: dict[str, Any], x: str) -> float | None:
+    """A row's cost on axis ``x``: MFLOPs, or latency (measured, else predicted; None without)."""
+    if x not in X_AXES:
+        raise UserError(f"unknown cost axis {x!r}; expected one of {', '.join(X_AXES)}")
+    if x == "mflops":
+        return row["mflops"]
+    return row["measured_latency_ms"] if row["measured_latency_ms"] is not None else row["latency_ms"]
 
 
 def open_store(run_dir: Path) -> RunStore:
@@ -29,8 +45,8 @@ def open_store(run_dir: Path) -> RunStore:
     return RunStore(run_dir / STORE_FILE)
 
 
-def fronts(run_dir: Path) -> dict[str, Any]:
-    """``measured``: the non-dominated verified trials (segm AP up, MFLOPs down);
+def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
+    """``measured``: the non-dominated verified trials (segm AP up, cost ``x`` down);
     ``predicted``: stage 2's front; ``reference``; ``trials``: every measured trial."""
     store = open_store(run_dir)
     try:
@@ -38,22 +54,26 @@ def fronts(run_dir: Path) -> dict[str, Any]:
         predicted = store.get_meta("stage2_front") or []
     finally:
         store.close()
-    verified = [_row(t) for t in trials if t["stage"] == "verify"]
-    keep = pareto_mask([r["segm_AP"] for r in verified], [r["mflops"] for r in verified]) if verified else []
-    measured = sorted((r for r, k in zip(verified, keep) if k), key=lambda r: r["mflops"])
+    verified = [r for r in map(_row, trials) if r["stage"] == "verify" and cost_of(r, x) is not None]
+    if x == "latency" and not verified and trials:
+        raise UserError(f"{run_dir}: the run has no latencies (it set neither constraints.max_latency_ms "
+                        "nor stage2.objective latency)")
+    keep = pareto_mask([r["segm_AP"] for r in verified], [cost_of(r, x) for r in verified]) if verified else []
+    measured = sorted((r for r, k in zip(verified, keep) if k), key=lambda r: cost_of(r, x))
     reference = next((_row(t) for t in trials if t["stage"] == "reference"), None)
     return {"measured": measured, "predicted": predicted, "reference": reference, "trials": [_row(t) for t in trials]}
 
 
-def plot(run_dir: Path, path: Path) -> None:
-    f = fronts(run_dir)
+def plot(run_dir: Path, path: Path, x: str = "mflops") -> None:
+    f = fronts(run_dir, x)
     groups: dict[str, tuple[list[float], list[float]]] = {}
     for row in f["trials"]:
         label = {"stage1": "stage 1 (short budget)", "verify": "verified (full budget)"}.get(row["stage"])
-        if label:
+        if label and cost_of(row, x) is not None:
             xs, ys = groups.setdefault(label, ([], []))
-            xs.append(row["mflops"])
+            xs.append(cost_of(row, x))
             ys.append(row["segm_AP"])
-    measured = ([r["mflops"] for r in f["measured"]], [r["segm_AP"] for r in f["measured"]])
+    measured = ([cost_of(r, x) for r in f["measured"]], [r["segm_AP"] for r in f["measured"]])
     ref = f["reference"]
-    plot_front(path, groups, measured, (ref["mflops"], ref["segm_AP"]) if ref else None, f"NARS search: {run_dir.name}")
+    reference = (cost_of(ref, x), ref["segm_AP"]) if ref and cost_of(ref, x) is not None else None
+    plot_front(path, groups, measured, reference, f"NARS search: {run_dir.name}", xlabel=X_AXES[x])

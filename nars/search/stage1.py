@@ -1,7 +1,8 @@
 """Stage 1, constrained iterative optimization: which candidates each round trains.
 
-Round 0 draws Sobol candidates inside the constraints. Every later round refits the
-proxy-pretrained predictor on all results so far and picks from a large constrained pool:
+Round 0 draws Sobol candidates inside the constraints (a latency limit applies to the
+space's predicted latency). Every later round refits the proxy-pretrained predictor on all
+results so far and picks from a large constrained pool:
 most by predicted segm AP, an ``explore`` share by the ensemble's uncertainty.
 """
 
@@ -50,7 +51,7 @@ def propose(
     explore: float,
 ) -> list[Sample]:
     """The ``n`` candidates round ``round_index`` trains (deterministic per seed and results)."""
-    limits = {"max_mflops": constraints["max_mflops"], "max_params": constraints["max_params"]}
+    limits = {k: constraints.get(k) for k in ("max_mflops", "max_params", "max_latency_ms")}
     if round_index == 0 or not results:
         pool = sample(space, n + len(tried), method="sobol", seed=seed + round_index, **limits)
         return [s for s in pool if s.id not in tried][:n]

@@ -34,6 +34,8 @@ CREATE TABLE IF NOT EXISTS trials (
     metrics TEXT,
     mflops REAL,
     params INTEGER,
+    latency_ms REAL,
+    measured_latency_ms REAL,
     max_iter INTEGER,
     wall_time REAL,
     error TEXT,
@@ -43,6 +45,8 @@ CREATE TABLE IF NOT EXISTS trials (
 CREATE INDEX IF NOT EXISTS trials_stage ON trials (stage, round);
 """
 _JSON_COLUMNS = ("candidate", "history", "metrics")
+# columns added since the first stores: (name, type), added to an older store when opened
+_ADDED_COLUMNS = (("latency_ms", "REAL"), ("measured_latency_ms", "REAL"))
 
 
 class RunStore:
@@ -54,6 +58,10 @@ class RunStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        present = {row[1] for row in self.db.execute("PRAGMA table_info(trials)")}
+        for name, kind in _ADDED_COLUMNS:
+            if name not in present:
+                self.db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -69,21 +77,25 @@ class RunStore:
     # -- trials -----------------------------------------------------------------------
     def add_trials(self, rows: Iterable[dict[str, Any]]) -> None:
         """Insert pending trials (``id, candidate_id, stage, round, candidate, mflops, params,
-        max_iter``); ids already present are left as they are, so re-adding is harmless."""
+        latency_ms, max_iter``; latency_ms: predicted); ids already present are left as they
+        are, so re-adding is harmless."""
         now = time.time()
         with self.db:
             self.db.executemany(
                 "INSERT OR IGNORE INTO trials (id, candidate_id, stage, round, candidate, status, mflops, params, "
-                "max_iter, created, updated) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?)",
+                "latency_ms, max_iter, created, updated) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
                 [
                     (r["id"], r["candidate_id"], r["stage"], r["round"], json.dumps(r["candidate"], sort_keys=True),
-                     r.get("mflops"), r.get("params"), r.get("max_iter"), now, now)
+                     r.get("mflops"), r.get("params"), r.get("latency_ms"), r.get("max_iter"), now, now)
                     for r in rows
                 ],
             )
 
     def set_status(self, trial_id: str, status: str) -> None:
         self._update(trial_id, status=status)
+
+    def set_measured_latency(self, trial_id: str, ms: float) -> None:
+        self._update(trial_id, measured_latency_ms=ms)
 
     def append_history(self, trial_id: str, report: dict[str, Any]) -> None:
         """Add one intermediate report (iteration + metrics) to the trial's history."""
