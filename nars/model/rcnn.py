@@ -160,7 +160,7 @@ class FBNetRoIHeads(RoIHeads):
         per-class boxes clipped, scores above the threshold, per-class NMS, the top
         detections kept; boxes of any size stay (``detector_postprocess`` drops empty ones)."""
         num_classes = class_logits.shape[-1]
-        counts = [len(p) for p in proposals]
+        counts = [p.shape[0] for p in proposals]  # shape, not len(): an ONNX trace keeps it dynamic
         all_boxes = self.box_coder.decode(box_regression, proposals).split(counts)
         all_scores = F.softmax(class_logits, -1).split(counts)
         out_boxes, out_scores, out_labels = [], [], []
@@ -168,7 +168,7 @@ class FBNetRoIHeads(RoIHeads):
             finite = torch.isfinite(boxes).flatten(1).all(1) & torch.isfinite(scores).all(1)
             boxes, scores = boxes[finite], scores[finite]
             boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
-            labels = torch.arange(1, num_classes, device=scores.device).expand(len(scores), -1).reshape(-1)
+            labels = torch.arange(1, num_classes, device=scores.device).expand(scores.shape[0], -1).reshape(-1)
             scores = scores[:, 1:].reshape(-1)
             keep = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
