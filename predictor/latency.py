@@ -2,21 +2,25 @@
 candidates of a space measured on this machine (``nars.deploy.latency``), measurements
 cached per machine.
 
-Why cost features and a linear model: on a CPU an inference costs a fixed overhead (resize,
-RPN, NMS, RoI pooling, mask pasting) plus time roughly proportional to dense multiply-adds,
-depthwise multiply-adds (memory-bound), the activations written (norms, activations and
-residuals touch each once) and the number of blocks (per-call overhead), per part: trunk
-and RPN at the image size, the RoI heads times their RoI counts; GroupNorm, which cannot fold
-into convolutions, adds its own traffic. A ridge regression on these (standardised) needs
-only tens of measurements and extrapolates along them; gradient boosting (``kind="gbm"``)
-is the comparison (bench/bench_latency_predictor.py). MFLOPs alone rank latency poorly:
-at small inputs the fixed and per-block costs dominate.
+What latency depends on: per block, its shapes and costs (dense and depthwise multiply-adds,
+the activations it writes, the per-call overhead; GroupNorm, which does not fold into the
+convolutions, adds traffic), the trunk and RPN at the image size, the RoI heads over their
+RoI counts; plus a fixed part (resize, RPN decoding and NMS, RoI pooling, mask pasting).
+MFLOPs alone rank it poorly: at small inputs the fixed and per-block costs dominate, at
+large ones the memory-bound depthwise and mask-head work.
+
+The default predictor (``kind="blocks"``, nn-Meter's idea) learns each block's in-context
+time from its shapes (a random forest over every block of every measured model: tens of
+samples per model), sums them and adds a regression of the rest on the RoI counts and image
+size. ``ridge`` and ``gbm`` regress the whole model's latency on per-part sums of the same
+costs; with the 12-24 models a search measures they extrapolate far worse on a wide space
+(BENCHMARKS.md, "Latency predictor"; bench/bench_latency_predictor.py).
 
 Cache: ``$NARS_CACHE/latency/<key>.json`` (default ``~/.cache/nars``), one file per machine
-(CPU model, cores, torch version), thread count, engine and bound space (its templates,
-which fix input size and detections). Every ``fit_space_latency`` call measures
-``samples`` new candidates, adds them to the file (the newest ``MAX_CACHED`` kept) and fits
-on all of them, so each search on the machine sharpens the predictor at a few seconds' cost.
+(CPU model, cores, torch version), thread count and bound space (its templates, which fix
+input size and detections). Every ``measure_space`` call measures ``samples`` new
+candidates, adds them to the file (the newest ``MAX_CACHED`` kept) and returns all of them,
+so each search on the machine sharpens the predictor at a few seconds' cost.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
 from sklearn.linear_model import RidgeCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -42,24 +46,30 @@ from nars.model.arch import ArchSpec
 from nars.model.cost import config_cost, test_input_size
 from search_spaces import SearchSpace, sample
 
-KINDS = ("ridge", "gbm")
+KINDS = ("blocks", "ridge", "gbm")
 TARGET = "median_ms"
 MAX_CACHED = 400
 CACHE_ENV = "NARS_CACHE"
-# trunk + RPN at the image size; the RoI heads times their RoI counts (a change here
-# changes the cache key: stored features would no longer match)
+# trunk + RPN at the image size; the RoI heads times their RoI counts (a change here or in
+# BLOCK_FEATURES changes the cache key: stored features would no longer match)
 FEATURES = (
     "image_mmacs", "image_dw_mmacs", "image_mact", "image_blocks",
     "box_mmacs", "box_dw_mmacs", "box_mact", "box_blocks",
     "mask_mmacs", "mask_dw_mmacs", "mask_mact", "mask_blocks",
     "rois", "mask_rois", "mask_paste_mpix", "image_mpix", "gn_mact", "gn_blocks",
 )
+# what the blocks leave: resize, RPN decoding and NMS, RoI pooling, box and mask post-processing
+OVERHEAD = ("rois", "mask_rois", "mask_paste_mpix", "image_mpix")
+# one row per block; batch: 1 for the image, the RoI count in the RoI heads
+BLOCK_FEATURES = ("batch", "cin", "h", "w", "cout", "ho", "wo", "kernel", "stride", "se", "gn", "params",
+                  "mmacs", "dw_mmacs", "mact")
 
 
-def latency_features(cfg: Mapping[str, Any], arch: ArchSpec | None = None,
-                     input_size: tuple[int, int] | None = None) -> np.ndarray:
-    """``FEATURES`` of the model a config builds (``cfg`` as ``config_cost`` takes it, plus
-    MODEL.FBNET_V2.NORM) on an ``input_size`` image (default: ``test_input_size(cfg)``)."""
+def config_features(cfg: Mapping[str, Any], arch: ArchSpec | None = None,
+                    input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(``FEATURES`` row, ``BLOCK_FEATURES`` rows in the model's block order) of the model a
+    config builds (``cfg`` as ``config_cost`` takes it, plus MODEL.FBNET_V2.NORM) on an
+    ``input_size`` image (default: ``test_input_size(cfg)``)."""
     h, w = input_size or test_input_size(cfg)
     cost = config_cost(cfg, arch, (h, w))
     trunk, rpn, box, mask = (cost.parts[p] for p in ("trunk", "rpn", "box_head", "mask_head"))
@@ -67,42 +77,70 @@ def latency_features(cfg: Mapping[str, Any], arch: ArchSpec | None = None,
     image_act = trunk.activations + rpn.activations
     heads_act = r * box.activations + m * mask.activations
     gn = float(str(get(cfg, "MODEL.FBNET_V2.NORM")).upper() == "GN")
-    return np.array([
+    row = np.array([
         (trunk.macs + rpn.macs) / 1e6, (trunk.dw_macs + rpn.dw_macs) / 1e6, image_act / 1e6, trunk.blocks + rpn.blocks,
         r * box.macs / 1e6, r * box.dw_macs / 1e6, r * box.activations / 1e6, box.blocks,
         m * mask.macs / 1e6, m * mask.dw_macs / 1e6, m * mask.activations / 1e6, mask.blocks,
         r, m, m * h * w / 1e6, h * w / 1e6,
         gn * (image_act + heads_act) / 1e6, gn * (trunk.blocks + rpn.blocks + box.blocks + mask.blocks),
     ], dtype=np.float64)
+    batches = {"trunk": 1, "rpn": 1, "box_head": r, "mask_head": m}
+    blocks = [[n, b.cin, b.h, b.w, b.cout, b.ho, b.wo, b.spec.kernel, b.spec.stride, float(b.spec.se), gn,
+               b.cost.params, n * b.cost.macs / 1e6, n * b.cost.dw_macs / 1e6, n * b.cost.activations / 1e6]
+              for part, n in batches.items() for b in cost.blocks[part]]
+    return row, np.array(blocks, dtype=np.float64).reshape(len(blocks), len(BLOCK_FEATURES))
 
 
 class LatencyPredictor:
-    """``fit(features, ms)`` / ``predict(features)``: milliseconds from ``FEATURES`` rows."""
+    """Milliseconds of configs, fitted on measurements (``measure_configs``' dicts).
 
-    def __init__(self, kind: str = "ridge", seed: int = 0):
+    ``blocks`` (nn-Meter style): a random forest predicts each block's in-context time from
+    its shapes, summed per model, plus a ridge regression of what the blocks leave
+    (``OVERHEAD``); every measured model gives tens of block samples, so it generalises from
+    few models. ``ridge`` and ``gbm``: one regression on the model's ``FEATURES``."""
+
+    def __init__(self, kind: str = "blocks", seed: int = 0):
         if kind not in KINDS:
             raise ValueError(f"unknown latency predictor {kind!r}; expected one of {KINDS}")
-        self.kind = kind
-        if kind == "ridge":
-            self.model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
-        else:
-            self.model = GradientBoostingRegressor(n_estimators=200, max_depth=2, learning_rate=0.05, subsample=0.8,
-                                                   random_state=seed)
-        self.samples = 0
+        self.kind, self.seed, self.samples = kind, seed, 0
 
-    def fit(self, x: np.ndarray, y: Sequence[float]) -> "LatencyPredictor":
-        self.model.fit(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    def _ridge(self) -> Any:
+        return make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-3, 3, 13)))
+
+    def fit(self, measurements: Sequence[Mapping[str, Any]]) -> "LatencyPredictor":
+        y = np.array([m[TARGET] for m in measurements], dtype=np.float64)
+        rows = np.array([m["features"] for m in measurements], dtype=np.float64).reshape(len(y), len(FEATURES))
         self.samples = len(y)
+        if self.kind == "ridge":
+            self.model = self._ridge().fit(rows, y)
+        elif self.kind == "gbm":
+            self.model = GradientBoostingRegressor(n_estimators=200, max_depth=2, learning_rate=0.05, subsample=0.8,
+                                                   random_state=self.seed).fit(rows, y)
+        else:
+            x = np.concatenate([np.asarray(m["block_features"], dtype=np.float64) for m in measurements])
+            t = np.concatenate([np.asarray(m["block_ms"], dtype=np.float64) for m in measurements])
+            self.model = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=self.seed).fit(x, t)
+            rest = y - np.array([sum(m["block_ms"]) for m in measurements])
+            self.overhead = self._ridge().fit(rows[:, [FEATURES.index(f) for f in OVERHEAD]], rest)
         return self
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Predicted ms per row, at least 0."""
-        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        return np.maximum(self.model.predict(x), 0.0) if len(x) else np.zeros(0)
+    def predict_features(self, rows: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
+        """Predicted ms (at least 0) from ``config_features``' rows and block rows."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(len(blocks), len(FEATURES))
+        if not len(rows):
+            return np.zeros(0)
+        if self.kind != "blocks":
+            return np.maximum(self.model.predict(rows), 0.0)
+        per_block = self.model.predict(np.concatenate(blocks))
+        ends = np.cumsum([len(b) for b in blocks])
+        sums = np.array([chunk.sum() for chunk in np.split(per_block, ends[:-1])])
+        overhead = self.overhead.predict(rows[:, [FEATURES.index(f) for f in OVERHEAD]])
+        return np.maximum(sums + overhead, 0.0)
 
     def predict_configs(self, configs: Sequence[tuple[Mapping[str, Any], ArchSpec | None]]) -> np.ndarray:
-        """Predicted ms of (config, arch or None) pairs, as ``latency_features`` takes them."""
-        return self.predict(np.array([latency_features(cfg, arch) for cfg, arch in configs]).reshape(len(configs), -1))
+        """Predicted ms of (config, arch or None) pairs, as ``config_features`` takes them."""
+        features = [config_features(cfg, arch) for cfg, arch in configs]
+        return self.predict_features(np.array([f[0] for f in features]), [f[1] for f in features])
 
     def predict_config(self, cfg: Mapping[str, Any], arch: ArchSpec | None = None) -> float:
         return float(self.predict_configs([(cfg, arch)])[0])
@@ -123,18 +161,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cache_key(space: SearchSpace, threads: int, engine: str) -> dict[str, Any]:
-    """What a measurement depends on: machine, threads, engine, torch, and the bound space
-    (arch template and cost templates: input size, detections, RoIs)."""
+def cache_key(space: SearchSpace, threads: int) -> dict[str, Any]:
+    """What a measurement depends on: machine, threads, torch, and the bound space (arch
+    template and cost templates: input size, detections, RoIs)."""
     templates = json.dumps([repr(space.arch_template), {k: repr(v) for k, v in space._cost_templates.items()}])
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.machine(), "torch": torch.__version__,
-        "threads": threads, "engine": engine, "space": space.name,
+        "threads": threads, "engine": "torch", "space": space.name,
         "space_hash": hashlib.sha256(templates.encode()).hexdigest()[:12],
         "input_size": [repr(space._cost_templates["INPUT.MIN_SIZE_TEST"]),
                        repr(space._cost_templates["INPUT.MAX_SIZE_TEST"])],
         "detections": repr(space._cost_templates["TEST.DETECTIONS_PER_IMAGE"]),
-        "features": list(FEATURES),
+        "features": list(FEATURES), "block_features": list(BLOCK_FEATURES),
     }
 
 
@@ -153,13 +191,30 @@ def read_cache(path: Path, key: Mapping[str, Any]) -> list[dict[str, Any]]:
     return list(data.get("measurements", [])) if isinstance(data, dict) and data.get("key") == dict(key) else []
 
 
+def measure_configs(cfgs: Sequence[Mapping[str, Any]], *, threads: int = 2, runs: int = 7,
+                    input_size: tuple[int, int] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """What the predictor is fitted on, per config: ``LatencyResult`` fields (the models
+    timed together, round-robin), in-context block times and ``config_features``."""
+    from nars.deploy.latency import block_latencies, measure_latencies
+
+    results = measure_latencies(cfgs, threads=threads, runs=runs, warmup=2, input_size=input_size, progress=progress)
+    out = []
+    for cfg, result in zip(cfgs, results):
+        row, blocks = config_features(cfg, input_size=input_size)
+        block_ms = block_latencies(cfg, threads=threads, input_size=input_size)
+        if len(block_ms) != len(blocks):  # the builder and the cost model walk the same specs
+            raise RuntimeError(f"the model has {len(block_ms)} blocks, the cost model {len(blocks)}")
+        out.append({**result.to_dict(), "features": row.tolist(), "block_features": blocks.tolist(),
+                    "block_ms": block_ms})
+    return out
+
+
 def measure_space(
     space: SearchSpace,
     config_of: Callable[[Mapping[str, Any]], Mapping[str, Any]],
     *,
     samples: int = 24,
     threads: int = 2,
-    engine: str = "torch",
     seed: int = 0,
     max_mflops: float | None = None,
     max_params: float | None = None,
@@ -169,11 +224,9 @@ def measure_space(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Measure ``samples`` new candidates (uniform within the MFLOPs / params limits;
     ``config_of(candidate)``: the complete config a trial of it would run) and add them to
-    the cached ones. Returns every measurement (id, candidate, features, ``LatencyResult``
-    fields) and ``{path, measured, cached, seconds}``."""
-    from nars.deploy.latency import measure_latencies
-
-    key = cache_key(space, threads, engine)
+    the cached ones. Returns every measurement (``measure_configs``' dicts with id,
+    candidate, MFLOPs) and ``{path, measured, cached, seconds}``."""
+    key = cache_key(space, threads)
     path = cache_path(key)
     stored = read_cache(path, key) if cache else []
     known = {m["id"] for m in stored}
@@ -181,12 +234,9 @@ def measure_space(
                   max_mflops=max_mflops, max_params=max_params)
     new = [s for s in pool if s.id not in known][:samples]
     start = time.perf_counter()
-    cfgs = [config_of(s.candidate) for s in new]
-    results = measure_latencies(cfgs, engine=engine, threads=threads, runs=runs, warmup=2, progress=progress)
+    measured = measure_configs([config_of(s.candidate) for s in new], threads=threads, runs=runs, progress=progress)
     now = time.time()
-    for s, cfg, r in zip(new, cfgs, results):
-        stored.append({"id": s.id, "candidate": s.candidate, "mflops": s.mflops,
-                       "features": latency_features(cfg).tolist(), **r.to_dict(), "time": now})
+    stored += [{"id": s.id, "candidate": s.candidate, "mflops": s.mflops, **m, "time": now} for s, m in zip(new, measured)]
     stored = stored[-MAX_CACHED:]
     seconds = time.perf_counter() - start
     if cache:
@@ -196,15 +246,14 @@ def measure_space(
                     "seconds": seconds}
 
 
-def fit_measurements(measurements: Sequence[Mapping[str, Any]], kind: str = "ridge", seed: int = 0) -> LatencyPredictor:
+def fit_measurements(measurements: Sequence[Mapping[str, Any]], kind: str = "blocks", seed: int = 0) -> LatencyPredictor:
     """The predictor of ``measure_space``'s measurements (deterministic: a resumed search
     refits the same one from its run folder)."""
-    x = np.array([m["features"] for m in measurements]).reshape(len(measurements), len(FEATURES))
-    return LatencyPredictor(kind, seed).fit(x, [m[TARGET] for m in measurements])
+    return LatencyPredictor(kind, seed).fit(measurements)
 
 
 def fit_space_latency(space: SearchSpace, config_of: Callable[[Mapping[str, Any]], Mapping[str, Any]], *,
-                      kind: str = "ridge", **kwargs: Any) -> tuple[LatencyPredictor, dict[str, Any]]:
+                      kind: str = "blocks", **kwargs: Any) -> tuple[LatencyPredictor, dict[str, Any]]:
     """``measure_space`` (same keywords), then ``fit_measurements``."""
     measurements, info = measure_space(space, config_of, **kwargs)
     return fit_measurements(measurements, kind, kwargs.get("seed", 0)), info

@@ -13,7 +13,8 @@ from nars.cli import main
 from nars.config import load_config, set_key
 from nars.deploy.latency import measure_latencies, measure_latency
 from nars.errors import UserError
-from predictor.latency import FEATURES, cache_key, fit_space_latency, latency_features
+from predictor.latency import (BLOCK_FEATURES, FEATURES, KINDS, LatencyPredictor, cache_key, config_features,
+                               fit_space_latency)
 from search_spaces import load_space, sample
 
 # the tiny search's pinned keys: 64 px images (tests/data/tiny_search.yaml)
@@ -65,7 +66,7 @@ def test_latency_predictor_fits_predicts_and_caches_per_machine(tmp_path, monkey
     assert (info["measured"], info["cached"]) == (6, 0)
     path = tmp_path / "latency" / info["path"].rsplit("/", 1)[1]
     stored = json.loads(path.read_text())
-    assert stored["key"] == cache_key(space, 1, "torch") and len(stored["measurements"]) == 6
+    assert stored["key"] == cache_key(space, 1) and len(stored["measurements"]) == 6
     assert stored["key"]["cpu"] and stored["key"]["torch"] == torch.__version__
     candidates = [s.candidate for s in sample(space, 5, seed=9)]
     predicted = space.with_latency(model).latencies(candidates)
@@ -96,12 +97,28 @@ def test_sampling_under_a_latency_limit(tmp_path, monkeypatch):
         sample(timed, 2, max_latency_ms=0.001)
 
 
-def test_features_count_gn_and_rois():
+def test_features_count_gn_rois_and_every_block_the_model_runs():
+    from nars.deploy.latency import block_latencies
+
     base = load_config("search_shapes")
-    bn = latency_features(base)
-    gn = latency_features(load_config("search_shapes", ["MODEL.FBNET_V2.NORM", "GN"]))
-    more = latency_features(load_config("search_shapes", ["MODEL.RPN.POST_NMS_TOPK_TEST", "60"]))
-    names = list(FEATURES)
+    bn, blocks = config_features(base)
+    gn = config_features(load_config("search_shapes", ["MODEL.FBNET_V2.NORM", "GN"]))[0]
+    more, more_blocks = config_features(load_config("search_shapes", ["MODEL.RPN.POST_NMS_TOPK_TEST", "60"]))
+    names, batch = list(FEATURES), BLOCK_FEATURES.index("batch")
     assert bn[names.index("gn_mact")] == 0 < gn[names.index("gn_mact")]
     assert more[names.index("rois")] == 2 * bn[names.index("rois")]
     assert more[names.index("box_mmacs")] == pytest.approx(2 * bn[names.index("box_mmacs")])
+    assert blocks.shape[1] == len(BLOCK_FEATURES) and len(block_latencies(base, runs=1)) == len(blocks)
+    assert sorted(set(more_blocks[:, batch])) == [1, 10, 60]  # image, mask RoIs (detections), box RoIs
+
+
+def test_every_kind_fits_the_same_measurements(tmp_path, monkeypatch):
+    monkeypatch.setenv("NARS_CACHE", str(tmp_path))
+    space, config_of = _space()
+    model, _ = fit_space_latency(space, config_of, samples=6, runs=1, threads=1)
+    measurements = json.loads(next((tmp_path / "latency").glob("*.json")).read_text())["measurements"]
+    configs = [(config_of(c), None) for c in (m["candidate"] for m in measurements[:3])]
+    for kind in KINDS:
+        predicted = LatencyPredictor(kind).fit(measurements).predict_configs(configs)
+        assert predicted.shape == (3,) and (predicted > 0).all()
+    assert model.kind == "blocks"

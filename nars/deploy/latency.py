@@ -121,6 +121,8 @@ def measure_latencies(
         raise UserError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
     if threads < 1 or runs < 1 or warmup < 0:
         raise UserError(f"latency needs threads >= 1, runs >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}")
+    if not cfgs:
+        return []
     sizes = [tuple(input_size) if input_size else test_input_size(cfg) for cfg in cfgs]
     timed = [latency_config(cfg, size, detections) for cfg, size in zip(cfgs, sizes)]
     generator = torch.Generator().manual_seed(0)
@@ -149,3 +151,30 @@ def measure_latencies(
 def measure_latency(cfg: Mapping[str, Any], **kwargs: Any) -> LatencyResult:
     """One config's latency; keywords as ``measure_latencies``."""
     return measure_latencies([cfg], **kwargs)[0]
+
+
+def block_latencies(cfg: Mapping[str, Any], *, threads: int = 2, runs: int = 3,
+                    input_size: tuple[int, int] | None = None) -> list[float]:
+    """Median in-context time (ms) of each block (stem and inverted residuals of trunk, RPN
+    and heads, in the model's order, as ``ModelCost.blocks`` lists them), from forward hooks
+    over ``runs`` forwards after one warm-up: what a per-block (nn-Meter style) latency
+    model is fitted on. Hooks cost microseconds, so whole-model figures come from
+    ``measure_latencies``, not from here."""
+    size = tuple(input_size) if input_size else test_input_size(cfg)
+    model = inference_model(latency_config(cfg, size))
+    blocks = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1].startswith("fbnetv2_")]
+    times: list[list[float]] = [[] for _ in blocks]
+    starts = [0.0] * len(blocks)
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda m, x, i=i: starts.__setitem__(i, time.perf_counter()))
+        block.register_forward_hook(lambda m, x, y, i=i: times[i].append((time.perf_counter() - starts[i]) * 1e3))
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for _ in range(runs + 1):
+                model([image])
+    finally:
+        torch.set_num_threads(previous)
+    return [float(np.median(t[1:])) for t in times]

@@ -48,6 +48,21 @@ class PartCost:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
+@dataclass(frozen=True)
+class BlockRecord:
+    """One single block as the model runs it: spec, input and output shapes, cost (per RoI
+    in the RoI heads); what a per-block latency model reads (predictor.latency)."""
+
+    spec: BlockSpec
+    cin: int
+    h: int
+    w: int
+    cout: int
+    ho: int
+    wo: int
+    cost: PartCost
+
+
 @dataclass
 class ModelCost:
     """Parameters per part as d2go splits them, and MFLOPs (multiply-adds / 1e6)."""
@@ -57,6 +72,7 @@ class ModelCost:
     # per part (trunk, rpn, box_head with its predictor, mask_head with its logits), the RoI
     # heads per RoI; with the RoI counts the totals were taken at
     parts: dict[str, PartCost] = field(default_factory=dict)
+    blocks: dict[str, list[BlockRecord]] = field(default_factory=dict)  # per part, in the model's order
     rois: int = 0
     mask_rois: int = 0
 
@@ -102,12 +118,17 @@ def block_cost(spec: BlockSpec, cin: int, h: int, w: int, divisor: int) -> tuple
     return PartCost(params, macs, dw_macs, activations, 1), cout, ho, wo
 
 
-def stages_cost(stages: Sequence[Stage], cin: int, h: int, w: int, divisor: int) -> tuple[PartCost, int, int, int]:
+def stages_cost(stages: Sequence[Stage], cin: int, h: int, w: int, divisor: int,
+                record: list[BlockRecord] | None = None) -> tuple[PartCost, int, int, int]:
+    """The stages' total cost and output shape; each single block appended to ``record``."""
     total = PartCost()
     for stage in blocks(stages):
         for spec in stage:
-            cost, cin, h, w = block_cost(spec, cin, h, w, divisor)
+            cost, cout, ho, wo = block_cost(spec, cin, h, w, divisor)
+            if record is not None:
+                record.append(BlockRecord(spec, cin, h, w, cout, ho, wo, cost))
             total.add(cost)
+            cin, h, w = cout, ho, wo
     return total, cin, h, w
 
 
@@ -129,19 +150,21 @@ def model_cost(
     trunk = PartCost()
     cin = 3
     per_stage = []
+    records: dict[str, list[BlockRecord]] = {part: [] for part in ("trunk", "rpn", "box_head", "mask_head")}
     for stage in arch.trunk:
-        cost, cin, h, w = stages_cost((stage,), cin, h, w, divisor)
+        cost, cin, h, w = stages_cost((stage,), cin, h, w, divisor, records["trunk"])
         per_stage.append(cost.params)
         trunk.add(cost)
     feat = cin
-    rpn, rc, fh, fw = stages_cost(arch.rpn, feat, h, w, divisor)
+    rpn, rc, fh, fw = stages_cost(arch.rpn, feat, h, w, divisor, records["rpn"])
     rpn.params += rc * num_anchors * 5 + num_anchors * 5
     rpn.macs += fh * fw * rc * num_anchors * 5
     rpn.activations += fh * fw * num_anchors * 5
-    box, bc, _, _ = stages_cost(arch.box_head, feat, box_resolution, box_resolution, divisor)
+    box, bc, _, _ = stages_cost(arch.box_head, feat, box_resolution, box_resolution, divisor, records["box_head"])
     predictor_params = bc * (num_classes + 1) + (num_classes + 1) + bc * 4 * num_classes + 4 * num_classes
     predictor_macs = bc * (num_classes + 1) + bc * 4 * num_classes
-    mask, mc, mh, mw = stages_cost(arch.mask_head, feat, mask_resolution, mask_resolution, divisor)
+    mask, mc, mh, mw = stages_cost(arch.mask_head, feat, mask_resolution, mask_resolution, divisor,
+                                   records["mask_head"])
     mask.params += mc * num_classes + num_classes
     mask.macs += mh * mw * mc * num_classes
     mask.activations += mh * mw * num_classes
@@ -166,7 +189,7 @@ def model_cost(
     box_part = PartCost(box.params + predictor_params, box.macs + predictor_macs, box.dw_macs,
                         box.activations + 5 * num_classes + 1, box.blocks)
     parts = {"trunk": trunk, "rpn": rpn, "box_head": box_part, "mask_head": mask}
-    return ModelCost(params=params, mflops=mflops, parts=parts, rois=rois, mask_rois=mask_rois)
+    return ModelCost(params=params, mflops=mflops, parts=parts, blocks=records, rois=rois, mask_rois=mask_rois)
 
 
 def test_input_size(cfg: Mapping[str, Any]) -> tuple[int, int]:
