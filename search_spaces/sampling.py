@@ -32,7 +32,7 @@ class Sample:
     id: str
     mflops: float
     params: int
-    latency_ms: float | None = None  # predicted, when the space has a latency model
+    latency_ms: float | None = None  # predicted, when sampled under a latency limit
 
     def to_dict(self) -> dict[str, Any]:
         latency = {} if self.latency_ms is None else {"latency_ms": round(self.latency_ms, 3)}
@@ -61,8 +61,8 @@ def sample(
     max_latency_ms: float | None = None,
 ) -> list[Sample]:
     """``n`` distinct candidates with MFLOPs <= max_mflops, params <= max_params and (with the
-    space's latency model, ``SearchSpace.with_latency``) predicted latency <= max_latency_ms;
-    with a latency model every sample carries its predicted latency."""
+    space's latency model, ``SearchSpace.with_latency``) predicted latency <= max_latency_ms,
+    which each sample then carries."""
     if n < 0:
         raise UserError(f"the number of samples must be >= 0, got {n}")
     if max_latency_ms is not None and space.latency_model is None:
@@ -76,7 +76,7 @@ def sample(
     while len(out) < n:
         candidates = space.from_unit(draw(BATCH))
         costs = [space._cost(c) for c in candidates]
-        latencies = space.latencies(candidates) if space.latency_model is not None else [None] * len(candidates)
+        latencies = space.latencies(candidates) if max_latency_ms is not None else [None] * len(candidates)
         for candidate, (mflops, params), latency in zip(candidates, costs, latencies):
             values = (mflops, params, math.inf if latency is None else float(latency))
             smallest = tuple(min(a, b) for a, b in zip(smallest, values))  # type: ignore[assignment]

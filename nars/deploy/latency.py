@@ -18,6 +18,9 @@ Set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported for stable figures on a
 from __future__ import annotations
 
 import copy
+import functools
+import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -35,6 +38,7 @@ from nars.model.cost import test_input_size
 from nars.model.fbnetv3is import build_model
 from nars.model.fuse import fuse_for_inference
 
+logger = logging.getLogger(__name__)
 ENGINES = ("torch", "onnxruntime")
 WARMUP, RUNS = 3, 10
 
@@ -55,6 +59,14 @@ class LatencyResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "input_size": list(self.input_size)}
+
+
+@functools.cache
+def _check_wait_policy() -> None:
+    """Warn (once per process) when OpenMP threads may spin: see the module docstring."""
+    if os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        logger.warning("OMP_WAIT_POLICY is not PASSIVE: on a shared CPU latencies can come out many times too high "
+                       "(set OMP_WAIT_POLICY=PASSIVE before starting Python)")
 
 
 def latency_config(cfg: Mapping[str, Any], input_size: tuple[int, int] | None = None,
@@ -123,6 +135,7 @@ def measure_latencies(
         raise UserError(f"latency needs threads >= 1, runs >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}")
     if not cfgs:
         return []
+    _check_wait_policy()
     sizes = [tuple(input_size) if input_size else test_input_size(cfg) for cfg in cfgs]
     timed = [latency_config(cfg, size, detections) for cfg, size in zip(cfgs, sizes)]
     generator = torch.Generator().manual_seed(0)
