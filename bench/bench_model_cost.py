@@ -62,12 +62,10 @@ import argparse
 import copy
 import statistics
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch.utils.flop_counter import FlopCounterMode, conv_backward_flop
 from torchvision.models.detection import (
@@ -77,7 +75,7 @@ from torchvision.models.detection import (
 
 from nars.config import load_config
 from nars.engine.distributed import to_device
-from nars.model.blocks import InvertedResidual
+from nars.model.blocks import use_d2go_upsampling
 from nars.model.cost import model_cost
 from nars.model.fbnetv3is import build_model
 from nars.model.fuse import fuse_for_inference
@@ -122,29 +120,13 @@ def build_all(proposals: int | None, detections: int) -> dict[str, torch.nn.Modu
     mobilenet = torchvision_model(fasterrcnn_mobilenet_v3_large_320_fpn, proposals, detections)
     return {
         "FBNetV3_A_dsmask": fuse_for_inference(to_device(copy.deepcopy(dsmask), CPU)),
-        BEFORE: literal_upsampling(to_device(dsmask, CPU)).eval(),
+        BEFORE: use_d2go_upsampling(to_device(dsmask, CPU)).eval(),
         "FBNetV3_A": fuse_for_inference(to_device(randomise_norms(fbnet("fbnetv3a_C4", proposals, detections)), CPU)),
         REFERENCE: r50,
         f"{REFERENCE} channels-last": channels_last(copy.deepcopy(r50)),
         MOBILENET: mobilenet,
         f"{MOBILENET} channels-last": channels_last(copy.deepcopy(mobilenet)),
     }
-
-
-def _upsample_then_dw(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
-    """d2go's upsampling IRF block as written: pw -> 2x nearest -> dw -> [SE] -> pwl."""
-    y = block.pw(x) if block.pw is not None else x
-    y = block.dw(F.interpolate(y, scale_factor=2, mode="nearest"))
-    return block.pwl(block.se(y) if block.se is not None else y)
-
-
-def literal_upsampling(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with its upsampling blocks computed as d2go writes them (the path before
-    issue 14), for the before/after columns."""
-    for m in model.modules():
-        if isinstance(m, InvertedResidual) and m.upsample:
-            m.forward = types.MethodType(_upsample_then_dw, m)
-    return model
 
 
 def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
@@ -263,7 +245,7 @@ def training_models() -> dict[str, torch.nn.Module]:
     mobilenet = torchvision_model(fasterrcnn_mobilenet_v3_large_320_fpn, None, 100)
     return {
         "FBNetV3_A_dsmask": to_device(copy.deepcopy(dsmask), CPU),
-        BEFORE: literal_upsampling(to_device(dsmask, CPU)),
+        BEFORE: use_d2go_upsampling(to_device(dsmask, CPU)),
         "FBNetV3_A": to_device(fbnet("fbnetv3a_C4", None, 100), CPU),
         REFERENCE: r50,
         f"{REFERENCE} channels-last": channels_last(copy.deepcopy(r50)),

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from nars.model.arch import parse_arch, resolve_arch
+from nars.model.blocks import use_d2go_upsampling
 from nars.model.builder import build_stages
 from nars.model.cost import model_cost, stages_cost
 from nars.model.fbnetv3is import FBNetV3IS
@@ -87,6 +88,7 @@ def _flops(module, *inputs) -> float:
 @pytest.mark.parametrize("arch", ARCHS, ids=lambda a: a.name)
 def test_cost_matches_flop_counter_and_parameters(arch):
     model = FBNetV3IS(arch, num_classes=7, norm="BN", box_pooler_resolution=6, mask_pooler_resolution=14).eval()
+    use_d2go_upsampling(model)  # d2go's MACs: the sub-pixel path skips repeated taps
     size = (160, 224)
     cost = model_cost(arch, 7, size, num_anchors=15, box_resolution=6, mask_resolution=14)
     with torch.no_grad():
@@ -126,7 +128,7 @@ def test_stage_costs_equal_the_builders_exactly_for_any_divisor(arch, divisor):
         stages, cin = arch.part(part), feat or 3  # the heads run on pooled RoIs of the trunk's output
         modules, cout = build_stages(stages, cin, nn.BatchNorm2d, divisor)
         cost, cost_out, _, _ = stages_cost(stages, cin, *size, divisor)
-        model = nn.Sequential(*modules).eval()
+        model = use_d2go_upsampling(nn.Sequential(*modules).eval())
         with FlopCounterMode(display=False) as counter, torch.no_grad():
             model(torch.rand(1, cin, *size))
         assert cost_out == cout, part

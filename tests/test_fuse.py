@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -19,7 +18,7 @@ from nars.config import load_config
 from nars.engine.distributed import to_device
 from nars.engine.inference import image_tensor, read_rgb
 from nars.model.arch import BlockSpec
-from nars.model.blocks import ConvNormAct, InvertedResidual
+from nars.model.blocks import ConvNormAct, InvertedResidual, use_d2go_upsampling
 from nars.model.fbnetv3is import build_model
 from nars.model.fuse import fuse_for_inference
 from nars.model.norm import norm_factory
@@ -52,27 +51,21 @@ def test_norms_fold_into_convs_when_their_statistics_are_fixed(norm):
     assert isinstance(fused.bn, nn.GroupNorm if norm == "GN" else nn.Identity)
 
 
-def _upsample_then_dw(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
-    """d2go's IRF block that upsamples, written out: pw -> 2x nearest -> dw -> [SE] -> pwl."""
-    y = block.pw(x) if block.pw is not None else x
-    y = block.dw(F.interpolate(y, scale_factor=2, mode="nearest"))
-    return block.pwl(block.se(y) if block.se is not None else y)
-
-
 @pytest.mark.parametrize("kernel,expansion,in_channels,se", [(3, 3, 24, False), (5, 4, 24, False), (7, 1, 16, False),
                                                               (3, 1, 16, False), (5, 2, 16, True)])
 def test_an_upsampling_block_computes_d2gos_function_at_input_resolution(kernel, expansion, in_channels, se):
     block = _randomise_norms(InvertedResidual(in_channels, BlockSpec("ir", kernel, se, 16, -2, 1, expansion),
                                               nn.BatchNorm2d))
     x = torch.randn(3, in_channels, 7, 5)
+    d2go = use_d2go_upsampling(copy.deepcopy(block))
     with torch.no_grad():
-        expected = _upsample_then_dw(block, x)
+        expected = d2go(x)
         assert block(x).shape == expected.shape == (3, 16, 14, 10)
         torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(fuse_for_inference(copy.deepcopy(block))(x), expected, rtol=1e-5, atol=1e-5)
     # training: batch statistics over the whole upsampled map, and the same gradients
-    ours, theirs = copy.deepcopy(block).train(), copy.deepcopy(block).train()
-    out, ref = ours(x), _upsample_then_dw(theirs, x)
+    ours, theirs = copy.deepcopy(block).train(), d2go.train()
+    out, ref = ours(x), theirs(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     (out * ref.detach()).sum().backward()
     (ref * ref.detach()).sum().backward()

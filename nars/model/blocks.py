@@ -9,6 +9,7 @@ second conv keeps PyTorch's default; norms start at weight 1, bias 0 (PyTorch's 
 
 from __future__ import annotations
 
+import types
 from typing import Callable, Optional
 
 import torch
@@ -169,3 +170,20 @@ class InvertedResidual(nn.Module):
                 y = layer(y)
             return y
         return self.pwl(self.se(interleave_phases(phases)))
+
+
+def _upsample_then_dw(block: InvertedResidual, x: torch.Tensor) -> torch.Tensor:
+    y = block.pw(x) if block.pw is not None else x
+    y = block.dw(F.interpolate(y, scale_factor=2, mode="nearest"))
+    return block.pwl(block.se(y) if block.se is not None else y)
+
+
+def use_d2go_upsampling(model: nn.Module) -> nn.Module:
+    """``model`` (in place) with its upsampling blocks computed as d2go writes them: pw -> 2x
+    nearest -> dw -> [SE] -> pwl. The definition the sub-pixel path must equal (tests), the
+    "before" of bench_model_cost, and what FlopCounterMode must see to count d2go's MACs
+    (the sub-pixel kernels skip the taps that repeat, fewer MACs for kernels of 5 and 7)."""
+    for m in model.modules():
+        if isinstance(m, InvertedResidual) and m.upsample:
+            m.forward = types.MethodType(_upsample_then_dw, m)
+    return model
