@@ -5,6 +5,14 @@ User errors (``UserError``, bad arguments) print one line and exit with code 2.
 
 from __future__ import annotations
 
+import os
+
+# Idle OpenMP threads sleep instead of spinning. On a CPU shared with other processes (Ray
+# trials, a second job) spinning threads made 2-thread runs 4-17x slower and latency
+# measurements useless (BENCHMARKS.md, model cost). Set before torch loads libgomp, which
+# the commands below import; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import sys
 from typing import Sequence
