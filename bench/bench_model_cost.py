@@ -255,7 +255,8 @@ def training_models() -> dict[str, torch.nn.Module]:
 
 
 def training(models: dict[str, torch.nn.Module], warmup: int, n: int) -> dict[str, dict[str, Any]]:
-    """Iterations/s and mean seconds per part: forward (by stage, from hooks), backward, step."""
+    """Iterations/s (1 / the median iteration) and mean seconds per part: forward (by stage,
+    from hooks), backward, step."""
     images, targets = training_batch()
     opts = {name: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
                                   weight_decay=1e-4) for name, m in models.items()}
@@ -280,7 +281,7 @@ def training(models: dict[str, torch.nn.Module], warmup: int, n: int) -> dict[st
             parts[name] = dict.fromkeys(parts[name], 0.0)
 
     times = interleaved(list(models), run, warmup, n, reset)
-    return {name: {"its": n / sum(ts), **{k: v / n for k, v in parts[name].items()},
+    return {name: {"its": 1 / statistics.median(ts), **{k: v / n for k, v in parts[name].items()},
                    **{k: v / n for k, v in timers[name].times.items()}} for name, ts in times.items()}
 
 
@@ -375,7 +376,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs; only the default-proposals setting")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    warmup, n, train_warmup, train_n = (2, 5, 1, 2) if args.quick else (3, 12, 1, 3)
+    warmup, n, train_warmup, train_n = (2, 5, 1, 2) if args.quick else (3, 12, 2, 8)
     # (title, RPN proposals after NMS (None: each model's own default), detections per image, timed runs)
     settings = [("each model's own RPN proposal count, 100 detections", None, 100, n)]
     if not args.quick:
