@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     latency.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                          help="the image, kept at this size (default: the config's test size, square MIN_SIZE_TEST)")
     latency.add_argument("--detections", type=int, metavar="N",
-                         help="detections per image, all run through the mask head (default: TEST.DETECTIONS_PER_IMAGE)")
+                         help="detections per image, all run through the mask head (default: TEST.DETECTIONS_PER_IMAGE, "
+                              "at most MODEL.RPN.POST_NMS_TOPK_TEST, as the cost model counts them)")
     latency.add_argument("--runs", type=int, default=RUNS, metavar="N", help=f"timed runs (default {RUNS})")
     latency.add_argument("--warmup", type=int, default=WARMUP, metavar="N", help=f"untimed runs first (default {WARMUP})")
     latency.add_argument("--weights", help="a checkpoint (path or named checkpoint; default: random weights)")

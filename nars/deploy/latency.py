@@ -5,8 +5,9 @@ Protocol (bench/bench_model_cost.py's): the model is built, fused for inference
 random weights unless weights are given; one seeded HxW RGB image, kept at HxW (the test
 resize is set to it). Why a fixed detection count: with random weights, how many boxes pass
 the score threshold is arbitrary (usually none, so the mask head would never run); the
-threshold is therefore 0, so every image yields exactly ``detections`` boxes (RPN proposals
-raised to at least that many) and the mask head always runs on that many RoIs. Warm-up
+threshold is therefore 0, so every image yields ``detections`` boxes (by default the mask RoIs
+the cost model assumes: the config's detections, at most its proposals, which stay the
+config's) and the mask head always runs on that many RoIs. Warm-up
 runs, then timed runs interleaved round-robin across the configs (the order rotates each
 round, so a burst of load on a shared CPU hits every config alike); median and 90th
 percentile reported.
@@ -30,11 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nars.config import get, set_key
+from nars.config import set_key
 from nars.engine.distributed import to_device
 from nars.engine.loading import load_run_weights
 from nars.errors import UserError
-from nars.model.cost import test_input_size
+from nars.model.cost import config_cost, test_input_size
 from nars.model.fbnetv3is import build_model
 from nars.model.fuse import fuse_for_inference
 
@@ -73,17 +74,16 @@ def latency_config(cfg: Mapping[str, Any], input_size: tuple[int, int] | None = 
                    detections: int | None = None) -> dict[str, Any]:
     """A copy of ``cfg`` set up for timing on the CPU: an HxW image keeps its size (default:
     ``test_input_size(cfg)``), and every image yields exactly ``detections`` boxes (default:
-    the config's TEST.DETECTIONS_PER_IMAGE)."""
+    the mask RoIs the cost model assumes, ``config_cost(cfg).mask_rois``). The proposals stay
+    the config's: the box head's load is the candidate's own, and a score threshold of 0
+    lets each proposal give a detection per class."""
     cfg = copy.deepcopy(dict(cfg))
     h, w = input_size or test_input_size(cfg)
-    n = get(cfg, "TEST.DETECTIONS_PER_IMAGE") if detections is None else detections
+    n = config_cost(cfg, input_size=(h, w)).mask_rois if detections is None else detections
     if min(h, w) < 1 or n < 1:
         raise UserError(f"latency needs an input size >= 1x1 and detections >= 1, got {h}x{w} and {n}")
-    post = max(get(cfg, "MODEL.RPN.POST_NMS_TOPK_TEST"), n)
     for key, value in (("INPUT.MIN_SIZE_TEST", min(h, w)), ("INPUT.MAX_SIZE_TEST", max(h, w)),
                        ("MODEL.ROI_HEADS.SCORE_THRESH_TEST", 0.0), ("TEST.DETECTIONS_PER_IMAGE", n),
-                       ("MODEL.RPN.POST_NMS_TOPK_TEST", post),
-                       ("MODEL.RPN.PRE_NMS_TOPK_TEST", max(get(cfg, "MODEL.RPN.PRE_NMS_TOPK_TEST"), post)),
                        ("MODEL.DEVICE", "cpu")):
         set_key(cfg, key, value, "latency")
     return cfg
