@@ -184,9 +184,10 @@ def test_pareto_json_and_plot(searched, capsys):
 
 def test_export_then_train_and_eval_the_export(searched, capsys):
     out = searched["tmp"] / "exported"
-    assert main(["export", str(searched["run"]), "--best", "--out", str(out)]) == 0
+    assert main(["export", str(searched["run"]), "--best", "--out", str(out), "--onnx"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert {"metrics", "mflops", "params", "candidate", "provenance"} <= set(summary)
+    assert {"metrics", "mflops", "params", "candidate", "provenance", "onnx"} <= set(summary)
+    assert (out / "model.onnx").is_file() and {"detections", "labels_equal", "box_px", "mask_iou"} <= set(summary["onnx"])
     assert summary["stage"] == "verify"
     assert main(["export", str(searched["run"]), "--best", "--out", str(out)]) == 2  # never overwrites
     capsys.readouterr()
