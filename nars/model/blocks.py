@@ -9,6 +9,7 @@ second conv keeps PyTorch's default; norms start at weight 1, bias 0 (PyTorch's 
 
 from __future__ import annotations
 
+import functools
 import types
 from typing import Callable, Optional
 
@@ -78,6 +79,7 @@ def drop_connect_batch(x: torch.Tensor, rate: float) -> torch.Tensor:
     return x / keep * torch.floor(torch.rand(shape, dtype=x.dtype, device=x.device) + keep)
 
 
+@functools.lru_cache(maxsize=None)
 def _phase_map(kernel: int) -> torch.Tensor:
     """``[4, K*K, kernel*kernel]`` 0/1: which taps of a ``kernel``-wide conv run after 2x
     nearest upsampling land on which tap of a ``K``-wide conv on the input, per output phase
@@ -100,7 +102,7 @@ def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:
     kernels ``[4, C, 1, K, K]`` (K odd, padding K // 2) that compute each output phase from the
     input itself; differentiable, so training updates the one original kernel."""
     c, _, k, _ = weight.shape
-    phase_map = _phase_map(k).to(weight)
+    phase_map = _phase_map(k).to(weight)  # cached: never written to
     size = int(phase_map.shape[1] ** 0.5)
     return torch.einsum("psk,ck->pcs", phase_map, weight.reshape(c, k * k)).reshape(4, c, 1, size, size)
 
@@ -121,7 +123,8 @@ class InvertedResidual(nn.Module):
     (:func:`subpixel_kernels`) and, without SE, also ``pwl``'s conv per phase, interleaving only
     its narrower output before the norm: the same function up to float rounding, without the
     upsampled ``mid``-channel tensors (the mask head's 768 and 384 channels at 14x14 and 28x28:
-    most of its memory traffic; 2-3x faster, BENCHMARKS.md).
+    most of its memory traffic: the mask head 1.4x faster at 100 RoIs, training steps 1.2x,
+    BENCHMARKS.md).
 
     ``drop_connect_rate`` is mobile_cv's stochastic depth: IRFBlock hands it to
     ``build_residual_connect``, which adds ``AddWithDropConnect`` only where the residual exists
