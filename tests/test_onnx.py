@@ -18,11 +18,13 @@ about 1 image of 30, IoU 0.999); counts and labels identical.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from engine_helpers import make_shapes, one_thread
@@ -32,7 +34,6 @@ from nars.deploy.onnx import (
     compare_detections,
     export_onnx,
     onnx_session,
-    paste_masks_vectorized,
     resize_like_pil,
     resized_shape_tensor,
     run_onnx,
@@ -129,13 +130,29 @@ def test_resize_and_size_equal_the_pytorch_path():
         assert torch.equal(resize_like_pil(image, *map(torch.tensor, size)), resize_uint8(image, size).float())
 
 
-def test_vectorized_paste_equals_paste_masks():
+def _paste_per_box(masks: torch.Tensor, boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """detectron2's CPU ``paste_masks_in_image`` as written: per box, ``grid_sample`` over the
+    box's pixels plus one."""
+    out = masks.new_zeros((len(masks), 1, h, w))
+    for i, (mask, box) in enumerate(zip(masks, boxes)):
+        x0, y0 = (box[:2].floor() - 1).clamp(min=0).to(torch.int64).tolist()
+        x1, y1 = int(min(math.ceil(box[2].item()) + 1, w)), int(min(math.ceil(box[3].item()) + 1, h))
+        ys = ((torch.arange(y0, y1, dtype=torch.float32) + 0.5) - box[1]) / (box[3] - box[1]) * 2 - 1
+        xs = ((torch.arange(x0, x1, dtype=torch.float32) + 0.5) - box[0]) / (box[2] - box[0]) * 2 - 1
+        grid = torch.stack([xs[None, :].expand(len(ys), -1), ys[:, None].expand(-1, len(xs))], dim=2)
+        out[i, 0, y0:y1, x0:x1] = F.grid_sample(mask[None, None], grid[None], align_corners=False)[0, 0]
+    return out
+
+
+def test_the_separable_paste_equals_detectron2s_per_box_grid_sample():
     g = torch.Generator().manual_seed(0)
     masks = torch.rand(20, 28, 28, generator=g)
     xy = (torch.rand(20, 2, generator=g) * torch.tensor([150.0, 90.0]) - 5).clamp(min=0)
     boxes = torch.cat([xy, torch.minimum(xy + 1 + torch.rand(20, 2, generator=g) * 60, torch.tensor([160.0, 100.0]))], 1)
     boxes[0] = torch.tensor([0.0, 0.0, 160.0, 100.0])  # the whole image
-    assert (paste_masks_vectorized(masks, boxes, 100, 160) - paste_masks(masks, boxes, (100, 160))).abs().max() <= 1e-6
+    boxes[1] = torch.tensor([3.3, 4.7, 3.9, 5.2])  # under a pixel
+    assert (paste_masks(masks, boxes, (100, 160)) - _paste_per_box(masks, boxes, 100, 160)).abs().max() <= 1e-6
+    assert paste_masks(masks[:0], boxes[:0], (100, 160)).shape == (0, 1, 100, 160)
 
 
 def test_export_random_weights_other_arch_and_norm(tiny_cfg, tmp_path):

@@ -18,8 +18,8 @@ tracing would freeze at the example's size, are computed from shape tensors inst
 the same arithmetic: :func:`resized_shape_tensor` (detectron2's float64 size and
 ``int(x + 0.5)``), :func:`resize_like_pil` (PIL's uint8 antialiased bilinear resize, in
 integers; ONNX's float ``Resize`` differs from PIL by a grey level on ~10% of pixels,
-enough to reorder near-tied detections) and :func:`paste_masks_vectorized`
-(``transform.paste_masks`` for all boxes at once).
+enough to reorder near-tied detections); ``transform.paste_masks`` has no loop over the
+detections and traces as it is.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-import torch.nn.functional as F
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from PIL import Image
 from torch import Tensor, nn
@@ -48,7 +47,7 @@ from nars.errors import UserError
 from nars.fileio import atomic_write_bytes
 from nars.model.fbnetv3is import FBNetV3IS
 from nars.model.fuse import fuse_for_inference
-from nars.model.transform import binary_masks, nonempty
+from nars.model.transform import binary_masks, nonempty, paste_masks
 
 OPSET = 17
 MIN_OPSET = 16  # GridSample; RoiAlign's coordinate_transformation_mode (torchvision's aligned=True)
@@ -121,25 +120,6 @@ def resized_shape_tensor(height: Tensor, width: Tensor, short_edge: int, max_siz
     return new_h.to(torch.int64)[0], new_w.to(torch.int64)[0]
 
 
-def paste_masks_vectorized(masks: Tensor, boxes: Tensor, height: Tensor | int, width: Tensor | int) -> Tensor:
-    """``transform.paste_masks`` for all N boxes at once: each ``[M, M]`` map bilinearly
-    sampled over the whole image (same grid arithmetic per pixel), then kept only on its
-    box's pixels plus one, ``[floor(x0) - 1, ceil(x1) + 1)`` clipped to the image (and the
-    same in y); ``[N, 1, H, W]``."""
-    ys = torch.arange(height, dtype=torch.float32, device=masks.device)
-    xs = torch.arange(width, dtype=torch.float32, device=masks.device)
-    x0, y0, x1, y1 = boxes[:, 0:1], boxes[:, 1:2], boxes[:, 2:3], boxes[:, 3:4]  # [N, 1] each
-    gx = (xs + 0.5 - x0) / (x1 - x0) * 2 - 1  # [N, W]
-    gy = (ys + 0.5 - y0) / (y1 - y0) * 2 - 1  # [N, H]
-    n, h, w = gx.shape[0], gy.shape[1], gx.shape[1]
-    grid = torch.stack([gx[:, None, :].expand(n, h, w), gy[:, :, None].expand(n, h, w)], dim=3)
-    sampled = F.grid_sample(masks[:, None], grid.to(masks.dtype), align_corners=False)
-    in_x = (xs >= (x0.floor() - 1).clamp(min=0)) & (xs < torch.minimum(x1.ceil() + 1, xs[-1:] + 1))
-    in_y = (ys >= (y0.floor() - 1).clamp(min=0)) & (ys < torch.minimum(y1.ceil() + 1, ys[-1:] + 1))
-    region = in_y[:, None, :, None] & in_x[:, None, None, :]
-    return torch.where(region, sampled, torch.zeros_like(sampled))
-
-
 class ExportableFBNet(nn.Module):
     """FBNetV3IS's inference for one uint8 RGB ``[3, H, W]`` image, traceable at any size:
     ``GeneralizedRCNN.forward`` with FBNetTransform's resize and post-processing on shape
@@ -166,7 +146,7 @@ class ExportableFBNet(nn.Module):
         boxes = box_ops.clip_boxes_to_image(boxes, (h0, w0))
         keep = nonempty(boxes)
         boxes = boxes[keep]
-        masks = paste_masks_vectorized(det["masks"][keep][:, 0], boxes, h0, w0)
+        masks = paste_masks(det["masks"][keep][:, 0], boxes, (h0, w0))
         return boxes, det["scores"][keep], det["labels"][keep], masks
 
 
