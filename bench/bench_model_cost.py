@@ -11,7 +11,9 @@ Models, all with random weights (no download), 80 classes, in one process and on
   (``to_device``) and ``fuse_for_inference`` (norms folded, the mask head's upsampling
   blocks at input resolution); "FBNetV3_A_dsmask before" is the path before issue 14:
   channels-last, unfused, upsampling blocks as d2go writes them (nearest x2, then dw), in
-  inference and training. Batch-norm statistics are randomised so folding is real;
+  inference and training; "FBNetV3_A_dsmask onnxruntime" is its ONNX export (``nars deploy``'s
+  graph, pre- and post-processing included) in onnxruntime with the same threads.
+  Batch-norm statistics are randomised so folding is real;
 - torchvision ``maskrcnn_resnet50_fpn`` and ``fasterrcnn_mobilenet_v3_large_320_fpn``
   (``weights=None, weights_backbone=None, num_classes=81``: 80 + background), with
   ``min_size=240, max_size=320`` so that they too see the image at 240x320. Without
@@ -61,7 +63,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import copy
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -74,6 +78,7 @@ from torchvision.models.detection import (
 )
 
 from nars.config import load_config
+from nars.deploy.onnx import export_onnx, onnx_session, run_onnx
 from nars.engine.distributed import to_device
 from nars.model.blocks import use_d2go_upsampling
 from nars.model.cost import model_cost
@@ -85,6 +90,8 @@ CLASSES = 80
 REFERENCE = "maskrcnn_resnet50_fpn"
 MOBILENET = "fasterrcnn_mobilenet_v3_large_320_fpn"
 BEFORE = "FBNetV3_A_dsmask before (d2go's upsampling, unfused)"
+ONNX = "FBNetV3_A_dsmask onnxruntime"
+_EXPORTS = tempfile.TemporaryDirectory()  # the ONNX files, removed at exit
 CPU = torch.device("cpu")
 
 
@@ -120,6 +127,7 @@ def build_all(proposals: int | None, detections: int) -> dict[str, torch.nn.Modu
     mobilenet = torchvision_model(fasterrcnn_mobilenet_v3_large_320_fpn, proposals, detections)
     return {
         "FBNetV3_A_dsmask": fuse_for_inference(to_device(copy.deepcopy(dsmask), CPU)),
+        ONNX: OnnxRuntimeModel(dsmask),
         BEFORE: use_d2go_upsampling(to_device(dsmask, CPU)).eval(),
         "FBNetV3_A": fuse_for_inference(to_device(randomise_norms(fbnet("fbnetv3a_C4", proposals, detections)), CPU)),
         REFERENCE: r50,
@@ -127,6 +135,20 @@ def build_all(proposals: int | None, detections: int) -> dict[str, torch.nn.Modu
         MOBILENET: mobilenet,
         f"{MOBILENET} channels-last": channels_last(copy.deepcopy(mobilenet)),
     }
+
+
+class OnnxRuntimeModel(torch.nn.Module):
+    """``model``'s ONNX export (``nars deploy``'s graph) in onnxruntime with the benchmark's
+    threads, called as the PyTorch models are (no stage hooks: one graph)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        path = Path(_EXPORTS.name) / f"model{len(list(Path(_EXPORTS.name).iterdir()))}.onnx"
+        export_onnx(model, path)
+        self.session = onnx_session(path, torch.get_num_threads())
+
+    def forward(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        return [run_onnx(self.session, images[0])]
 
 
 def randomise_norms(model: torch.nn.Module) -> torch.nn.Module:
@@ -167,7 +189,8 @@ class StageTimer:
             if modules.get(name) is not None:
                 modules[name].register_forward_pre_hook(self._start(name))
                 modules[name].register_forward_hook(self._stop(name))
-        modules["rpn"].register_forward_hook(lambda m, i, o: self.counts.__setitem__("proposals", len(o[0][0])))
+        if "rpn" in modules:  # onnxruntime's graph has no modules
+            modules["rpn"].register_forward_hook(lambda m, i, o: self.counts.__setitem__("proposals", len(o[0][0])))
         self._t0: dict[str, float] = {}
 
     def _start(self, name):
@@ -330,10 +353,11 @@ def print_latency(title: str, lat: dict[str, dict[str, Any]], params: dict[str, 
     print(f"{'model':<52}{'params':>8}{'props':>6}{'dets':>5}{'median ms':>10}{'min':>7}{'max':>7}"
           f"{'R50/model':>10}{'backbone':>9}{'rpn':>6}{'roi':>7}{'(mask)':>7}{'other':>6}")
     for name, r in lat.items():
-        s = r["stages"]
-        mask = sum(s.get(k, 0.0) for k in StageTimer.PARTS[3:])
+        s = dict.fromkeys(StageTimer.PARTS, 0.0) | r["stages"]
+        mask = sum(s[k] for k in StageTimer.PARTS[3:])
         other = r["median"] - s["backbone"] - s["rpn"] - s["roi_heads"]
-        print(f"{name:<52}{params[name] / 1e6:>7.2f}M{r['proposals']:>6}{r['detections']:>5}{r['median'] * 1e3:>10.1f}"
+        proposals = "-" if r["proposals"] is None else r["proposals"]
+        print(f"{name:<52}{params[name] / 1e6:>7.2f}M{proposals:>6}{r['detections']:>5}{r['median'] * 1e3:>10.1f}"
               f"{r['min'] * 1e3:>7.0f}{r['max'] * 1e3:>7.0f}{ref / r['median']:>9.2f}x"
               f"{s['backbone'] * 1e3:>9.1f}{s['rpn'] * 1e3:>6.1f}{s['roi_heads'] * 1e3:>7.1f}{mask * 1e3:>7.1f}"
               f"{other * 1e3:>6.0f}")
@@ -390,6 +414,7 @@ def main() -> None:
 
     # parameters as trained (folding adds biases)
     params = {name: sum(p.numel() for p in m.parameters()) for name, m in training_models().items()}
+    params[ONNX] = params["FBNetV3_A_dsmask"]
     loads = {}
     for title, proposals, detections, runs in settings:
         models = build_all(proposals, detections)
