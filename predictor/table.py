@@ -1,4 +1,5 @@
-"""Tables of measured candidates (CSV, parquet, or a search run) for training and evaluating predictors.
+"""Tables of measured candidates (CSV, parquet, or a DataFrame such as a search run's
+trials, ``nars.search.store.measured_trials``) for training and evaluating predictors.
 
 A row is one trained candidate: either a ``candidate`` column holding its JSON (as the
 search store writes it), or one column per parameter (empty for inactive ones; lists and
@@ -22,13 +23,8 @@ METRICS = ("segm_AP", "bbox_AP")
 
 
 def read_frame(path: str | Path) -> pd.DataFrame:
-    """A CSV/parquet table, or a search run folder (its measured trials: done or pruned)."""
+    """A CSV or parquet table."""
     path = Path(path)
-    if path.is_dir():
-        from nars.search.store import load_run
-
-        trials = load_run(path)["trials"]
-        return trials[trials["status"].isin(["done", "pruned"])] if "status" in trials else trials
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".pq": pd.read_parquet}
     if path.suffix.lower() not in readers:
         raise UserError(f"{path}: expected a .csv or .parquet table")
@@ -57,10 +53,12 @@ def _missing(value: Any) -> bool:
 
 
 def read_table(
-    path: str | Path, space: SearchSpace, metrics: Sequence[str] = METRICS
+    table: str | Path | pd.DataFrame, space: SearchSpace, metrics: Sequence[str] = METRICS, name: str | None = None
 ) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """(canonical candidates, metrics [N, len(metrics)]) of the table's complete rows."""
-    frame = read_frame(path)
+    """(canonical candidates, metrics [N, len(metrics)]) of the table's complete rows; a
+    DataFrame is named ``name`` in errors."""
+    frame = table if isinstance(table, pd.DataFrame) else read_frame(table)
+    path = name or ("the table" if isinstance(table, pd.DataFrame) else str(table))
     absent = [m for m in metrics if m not in frame.columns]
     if absent:
         raise UserError(f"{path}: no column {absent[0]} (columns: {', '.join(map(str, frame.columns))})")

@@ -345,3 +345,18 @@ def test_verification_picks_the_best_predicted_the_incumbent_then_a_spread():
     assert [p["id"] for p in _picks(front, None, 3)] == ["f0", "f1", "f2"]
     assert [p["id"] for p in _picks(front, front[0], 2)] == ["f0", "f1"]  # the incumbent is on the front already
     assert len(_picks(front, incumbent, 9)) == 6
+
+
+def test_a_runs_measured_trials_are_a_predictor_table(searched):
+    """``nars predictor eval RUN`` reads a run through the store (predictor/ never imports
+    nars.search): every measured trial becomes a row, and the canonical candidates are the
+    stored ones."""
+    from nars.search.store import measured_trials
+    from predictor import read_table
+    from search_spaces import load_space
+
+    trials = load_run(searched["run"])["trials"]
+    measured = trials[trials["status"].isin(["done", "pruned"]) & trials["segm_AP"].notna() & trials["bbox_AP"].notna()]
+    candidates, metrics = read_table(measured_trials(searched["run"]), load_space("fbnetv3is_quick"), name="run")
+    assert len(candidates) == len(measured) > 0 and metrics.shape == (len(measured), 2)
+    assert metrics[:, 0].tolist() == pytest.approx(measured["segm_AP"].tolist())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from nars.errors import UserError
@@ -19,7 +20,8 @@ def _names(text: str) -> list[str]:
 def register(sub: argparse._SubParsersAction) -> None:
     group = sub.add_parser("predictor", help="accuracy predictors").add_subparsers(dest="action", required=True)
     ev = group.add_parser("eval", help="k-fold Kendall tau, Spearman rho and MAE of each predictor on a table")
-    ev.add_argument("table", help="CSV or parquet: a 'candidate' JSON column (or a column per parameter) and metrics")
+    ev.add_argument("table", help="CSV or parquet (a 'candidate' JSON column, or a column per parameter, and metrics), "
+                    "or a search run folder (its measured trials)")
     ev.add_argument("--space", default="fbnetv3is_quick", help="the candidates' space (default fbnetv3is_quick)")
     ev.add_argument("--metrics", type=_names, default=list(METRICS), help="metric columns (default segm_AP,bbox_AP)")
     ev.add_argument("--models", type=_names, default=list(PREDICTORS), help=f"default {','.join(PREDICTORS)}")
@@ -35,7 +37,13 @@ def evaluate_table(args: argparse.Namespace) -> list[dict[str, Any]]:
     if unknown:
         raise UserError(f"unknown predictor {unknown[0]!r}; expected some of {', '.join(PREDICTORS)}")
     space = load_space(args.space)
-    candidates, y = read_table(args.table, space, args.metrics)
+    if Path(args.table).is_dir():  # a search run: its measured trials
+        from nars.search.store import measured_trials
+
+        table = measured_trials(args.table)
+    else:
+        table = args.table
+    candidates, y = read_table(table, space, args.metrics, name=args.table)
     x = space.encode(candidates)
     encoder = pretrain_encoder(*proxy_data(space, args.pretrain_samples, args.seed), seed=args.seed)
     rows = []

@@ -161,6 +161,13 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def measured_trials(run_dir: str | Path) -> pd.DataFrame:
+    """A run's trials that were measured (done, or pruned by early stopping), as a table
+    ``predictor.read_table`` reads."""
+    trials = load_run(run_dir)["trials"]
+    return trials[trials["status"].isin(["done", "pruned"])] if "status" in trials else trials
+
+
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """A run as DataFrames: ``trials`` (one row per trial, final metrics as columns),
     ``history`` (one row per intermediate report) and ``meta``."""
