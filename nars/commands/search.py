@@ -75,7 +75,7 @@ def _ms(value: float | None) -> str:
 
 
 def _print_front(run_dir: Path, x: str = "mflops") -> None:
-    from nars.search.report import fronts
+    from nars.search.fronts import fronts
 
     f = fronts(run_dir, x)
     rows = [("measured", r) for r in f["measured"]] + ([("reference", f["reference"])] if f["reference"] else [])
@@ -94,7 +94,7 @@ def _print_front(run_dir: Path, x: str = "mflops") -> None:
 
 
 def run_pareto(args: argparse.Namespace) -> int:
-    from nars.search.report import fronts, plot
+    from nars.search.fronts import fronts, plot
 
     run_dir = Path(args.run_dir)
     if args.json:

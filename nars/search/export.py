@@ -13,7 +13,7 @@ from nars.config import dump, load_config
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.model.weights import FINAL_WEIGHTS
-from nars.search.report import open_store
+from nars.search.fronts import open_store
 from nars.search.store import STORE_FILE
 
 ONNX_FILE = "model.onnx"
