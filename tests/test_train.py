@@ -16,7 +16,7 @@ from nars.commands.config_args import parse_late_options
 from nars.config import load_config
 from nars.engine import distributed as comm
 from nars.engine.events import EventWriter, read_metrics
-from nars.engine.trainer import Trainer, prepare
+from nars.engine.trainer import Trainer, prepare, train
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,24 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run(shapes, tmp_path, monk
     assert json.loads((whole / "eval.json").read_text()) == json.loads((parts / "eval.json").read_text())
     # the resumed run's history continues the interrupted one's (losses average other windows)
     assert [r["iteration"] for r in read_metrics(parts)] == [r["iteration"] for r in read_metrics(whole)]
+
+
+def test_stopping_at_a_rung_then_resuming_equals_one_run(shapes, tmp_path):
+    """Successive halving's rungs: stop_at keeps MAX_ITER's schedule, checkpoints and evaluates
+    there, and a resumed run ends where an uninterrupted one does."""
+    cfg = load_config("quick_shapes", TINY_TRAIN + data_overrides(shapes) +
+                      ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "7", "SEED", "3"])
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    final = train(cfg, whole, progress=False)
+    seen: list[int] = []
+    rung = train(cfg, parts, progress=False, stop_at=4, on_eval=lambda it, m: seen.append(it))
+    assert seen == [3] and rung is not None and (parts / "model_0000003.pth").is_file()
+    assert not (parts / "model_final.pth").exists()
+    assert torch.load(parts / "model_0000003.pth", weights_only=True)["scheduler"]["last_epoch"] == 4
+    assert train(cfg, parts, resume=True, progress=False) == final
+    a = torch.load(whole / "model_final.pth", weights_only=True)["model"]
+    b = torch.load(parts / "model_final.pth", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def _train_and_dump(cfg: dict, out: str, dump_dir: str) -> None:

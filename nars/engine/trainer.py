@@ -262,9 +262,15 @@ class Trainer:
         if self.on_eval is not None:
             self.on_eval(iteration, m)
 
-    def train(self) -> Metrics | None:
-        """Iterations ``start_iter .. MAX_ITER - 1``, then the final checkpoint and evaluation."""
+    def train(self, stop_at: int | None = None) -> Metrics | None:
+        """Iterations ``start_iter .. MAX_ITER - 1``, then the final checkpoint and evaluation.
+
+        ``stop_at`` < MAX_ITER ends early, after iteration ``stop_at - 1``, with a periodic
+        checkpoint and an evaluation there: the schedule stays MAX_ITER's, so resuming from
+        that checkpoint continues the same run (a rung of successive halving).
+        """
         run, cfg = self.run, self.run.cfg
+        end = self.max_iter if stop_at is None else min(stop_at, self.max_iter)
         solver, eval_period = cfg["SOLVER"], cfg["TEST"]["EVAL_PERIOD"]
         world = comm.get_world_size()
         _seed_process(run)
@@ -278,7 +284,7 @@ class Trainer:
         data = iter(loader)
         self.model.train()
         try:
-            for it in range(run.start_iter, self.max_iter):
+            for it in range(run.start_iter, end):
                 window.append(self.step(it, data))
                 bar.update()
                 bar.set_postfix_str(_postfix(window[-1]), refresh=False)
@@ -287,11 +293,15 @@ class Trainer:
                     window = []
                 if (it + 1) % solver["CHECKPOINT_PERIOD"] == 0 and it + 1 < self.max_iter:
                     self.save(periodic_name(it), it)
-                if eval_period and (it + 1) % eval_period == 0 and it + 1 < self.max_iter:
+                if eval_period and (it + 1) % eval_period == 0 and it + 1 < end:
                     self.evaluate(it)
         finally:
             bar.close()
             del data
+        if end < self.max_iter:
+            if run.start_iter < end and end % solver["CHECKPOINT_PERIOD"]:
+                self.save(periodic_name(end - 1), end - 1)
+            return self.evaluate(end - 1)
         if run.start_iter < self.max_iter:
             self.save(FINAL, self.max_iter - 1)
         metrics = self.evaluate(self.max_iter - 1)
@@ -344,9 +354,10 @@ def _postfix(scalars: Mapping[str, float]) -> str:
 
 
 def train(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-          on_eval: EvalCallback | None = None) -> Metrics | None:
+          on_eval: EvalCallback | None = None, stop_at: int | None = None) -> Metrics | None:
     """Train (in this process, as one of the run's processes); returns the final metrics
-    (``{"bbox": {...}, "segm": {...}}``, or None without ``DATASETS.TEST``)."""
+    (``{"bbox": {...}, "segm": {...}}``, or None without ``DATASETS.TEST``), or those at
+    ``stop_at`` when training stops there (``Trainer.train``)."""
     run = prepare(cfg, out_dir, resume=resume, world_size=comm.get_world_size())
     comm.barrier()  # every process has checked everything before anything is written
     writer = None
@@ -357,7 +368,7 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, 
             atomic_write_text(run.out_dir / START_WEIGHTS_FILE, json.dumps(run.start_weights, indent=2) + "\n")
         writer = EventWriter(run.out_dir, run.start_iter)
     try:
-        return Trainer(run, writer, progress=progress, on_eval=on_eval).train()
+        return Trainer(run, writer, progress=progress, on_eval=on_eval).train(stop_at)
     finally:
         if writer is not None:
             writer.close()
