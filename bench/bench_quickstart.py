@@ -24,7 +24,7 @@ from pathlib import Path
 
 QUICK = [  # --quick: the quickstart's machinery at a fraction of its budget (its APs mean little)
     "stage1.rounds", "1", "stage1.trials_per_round", "2", "stage1.max_iter", "20", "stage1.eval_period", "20",
-    "stage1.asha.grace_period", "20", "stage2.budget", "4000", "verify.top_k", "1", "verify.max_iter", "40",
+    "stage1.early_stop.grace_period", "20", "stage2.budget", "4000", "verify.top_k", "1", "verify.max_iter", "40",
 ]
 
 

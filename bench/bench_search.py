@@ -26,7 +26,7 @@ unfinished one is cleared and run again.
 
 Methods, each run once per seed with the same budget of real training trials:
 
-- ``NARS``: ``nars.search.driver.search`` (stage 1 with ASHA, predictor refits, stage 2 on the
+- ``NARS``: ``nars.search.driver.search`` (stage 1 with synchronous successive halving, predictor refits, stage 2 on the
   predictor, verification of the predicted front), in-process with its own Ray session.
 - ``random``: ``search_spaces.sample(space, N, method="uniform", seed=S, **constraints)``;
   all N trained at stage-1 fidelity (``run_trials``, FIFO, no early stopping).
@@ -44,7 +44,7 @@ Methods, each run once per seed with the same budget of real training trials:
   over ``tune.sample_from`` of a feasible unit point (uniform draws, rejected until feasible,
   from ``numpy.random.default_rng((S, 3))``: a stream of its own, so it does not retrain the
   ``random`` method's candidates) and ``ASHAScheduler`` with the experiment's
-  ``stage1.asha`` grace period and reduction factor (``max_t`` = ``stage1.max_iter``).
+  ``stage1.early_stop`` grace period and reduction factor (``max_t`` = ``stage1.max_iter``).
 
 Fairness rules:
 
@@ -92,7 +92,8 @@ import numpy as np
 from tqdm import tqdm
 
 from nars.fileio import atomic_save_png, atomic_write_text
-from nars.search.driver import Search, ray_session, search
+from nars.search.cluster import ray_session
+from nars.search.driver import Search, search
 from nars.search.experiment import load_experiment, resolve_experiment_path
 from nars.search.pareto import hypervolume
 from nars.search.stage1 import METRIC
@@ -105,7 +106,7 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("NARS", "random", "tune-nevergrad", "tune-asha")
 QUICK = [  # a tiny budget: the whole run in about 5 minutes on 2 cores
     "stage1.rounds", "2", "stage1.trials_per_round", "2", "stage1.max_iter", "8", "stage1.eval_period", "4",
-    "stage1.asha.grace_period", "4", "stage1.asha.reduction_factor", "2", "stage1.pool_size", "256",
+    "stage1.early_stop.grace_period", "4", "stage1.early_stop.reduction_factor", "2", "stage1.pool_size", "256",
     "stage1.pretrain_samples", "256", "stage2.budget", "1000", "stage2.batch_size", "250", "verify.max_iter", "16",
     "dataset.shapes.size", "64", "dataset.shapes.val", "8",  # evaluation would dominate 8-iteration trials
 ]
@@ -239,8 +240,8 @@ def run_tune(job: Search, kind: str, seed: int, n: int, label: str) -> None:
         search_alg = BasicVariantGenerator(random_state=seed)  # the points come from FeasibleDraw's own stream
         max_t = s1["max_iter"]  # a candidate's stage-1 iterations are at most this
         scheduler = ASHAScheduler(time_attr="iteration", metric=METRIC, mode="max", max_t=max_t,
-                                  grace_period=min(s1["asha"]["grace_period"], max_t),
-                                  reduction_factor=s1["asha"]["reduction_factor"])
+                                  grace_period=min(s1["early_stop"]["grace_period"], max_t),
+                                  reduction_factor=s1["early_stop"]["reduction_factor"])
         param_space = {"u": tune.sample_from(FeasibleDraw(space, exp["constraints"], seed))}
     bar = Bar()
     # reuse_actors=False: a fresh worker per trial, as run_trials does for NARS and the verifications
@@ -297,7 +298,7 @@ def verify_best(job: Search, k: int, label: str) -> None:
         if len(picks) < k and t["candidate_id"] not in picks:
             picks[t["candidate_id"]] = Sample(t["candidate"], t["candidate_id"], t["mflops"], t["params"])
     job.add(list(picks.values()), "verify", 0)
-    job.run_pending(job.store.trials(stage="verify", status="pending"), label, asha=False)
+    job.run_pending(job.store.trials(stage="verify", status="pending"), label)
 
 
 def run_baseline(method: str, source: str, overrides: list[str], seed: int, run_dir: Path, k: int) -> None:
@@ -309,7 +310,7 @@ def run_baseline(method: str, source: str, overrides: list[str], seed: int, run_
     try:
         if method == "random":
             job.add(sample(job.space, n, method="uniform", seed=seed, **job.exp["constraints"]), "stage1", 0)
-            job.run_pending(job.store.trials(stage="stage1"), f"{method} seed {seed} search", asha=False)
+            job.run_pending(job.store.trials(stage="stage1"), f"{method} seed {seed} search")
         else:
             run_tune(job, {"tune-nevergrad": "nevergrad", "tune-asha": "random"}[method], seed, n,
                      f"{method} seed {seed} search")

@@ -19,7 +19,8 @@ from typing import Sequence
 import pandas as pd
 
 from bench_search import QUICK_CONFIG
-from nars.search.driver import Search, ray_session
+from nars.search.cluster import ray_session
+from nars.search.driver import Search
 from nars.search.experiment import load_experiment
 from nars.search.store import STORE_FILE, RunStore, load_run
 from search_spaces import sample
@@ -58,7 +59,7 @@ def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: i
         if store.trials(status="pending"):
             with ray_session(exp["ray"]):
                 for stage in stages:
-                    job.run_pending(store.trials(stage=stage, status="pending"), f"{stage} ({n} candidates)", asha=False)
+                    job.run_pending(store.trials(stage=stage, status="pending"), f"{stage} ({n} candidates)")
     finally:
         store.close()
     trials = load_run(run_dir)["trials"]

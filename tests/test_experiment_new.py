@@ -115,7 +115,7 @@ def test_experiment_from_shapes_loads_and_follows_the_data(shapes, tmp_path, cap
     assert (exp["parent"]["weights"], exp["parent"]["arch"], exp["space"]) == ("", "", "fbnetv3is_quick")
     assert exp["ray"]["num_cpus"] == 2 and exp["ray"]["max_concurrent"] * exp["ray"]["cpus_per_trial"] <= 2
     assert exp["stage1"]["max_iter"] % exp["stage1"]["eval_period"] == 0
-    assert exp["stage1"]["asha"]["grace_period"] == exp["stage1"]["eval_period"]
+    assert exp["stage1"]["early_stop"]["grace_period"] == exp["stage1"]["eval_period"]
     assert exp["stage1"]["max_iter"] < exp["verify"]["max_iter"] <= 400  # the quick space's recipes: 400 iterations
     trial = _trial_config(exp, tmp_path / "run")
     assert trial["TEST"]["DETECTIONS_PER_IMAGE"] == cfg["TEST.DETECTIONS_PER_IMAGE"]

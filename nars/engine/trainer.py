@@ -288,7 +288,7 @@ class Trainer:
                 window.append(self.step(it, data))
                 bar.update()
                 bar.set_postfix_str(_postfix(window[-1]), refresh=False)
-                if (it + 1) % self.log_period == 0 or it + 1 == self.max_iter:
+                if (it + 1) % self.log_period == 0 or it + 1 == end:
                     self._log(it, window, bar)
                     window = []
                 if (it + 1) % solver["CHECKPOINT_PERIOD"] == 0 and it + 1 < self.max_iter:

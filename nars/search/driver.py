@@ -13,8 +13,6 @@ import copy
 import json
 import logging
 import os
-import socket
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,10 +24,13 @@ from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.model.cost import config_cost
 from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint, read_checkpoint, resolve_weights
+from nars.search.budget import scale_schedule, stage_iterations
+from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
 from nars.search.store import STORE_FILE, RunStore
+from nars.search.halving import milestones, survivors
 from nars.search.trials import TrialSpec, run_trials
 from predictor.latency import fit_measurements, measure_space
 from search_spaces import SearchSpace, load_space, sample
@@ -149,35 +150,59 @@ class Search:
         return self._encoder
 
     def trial_config(self, candidate: Mapping[str, Any], stage: str) -> dict[str, Any]:
-        """The candidate's complete config at the stage's budget.
-
-        A candidate's SOLVER.MAX_ITER (its recipe's budget) is capped at verify.max_iter;
-        verification trains it in full, stage 1 a compressed copy of the same schedule
-        (stage1.max_iter / verify.max_iter of it), and the reference gets verify.max_iter.
-        """
+        """The candidate's complete config at the stage's budget (``budget.stage_iterations``)."""
         v, s1 = self.exp["verify"], self.exp["stage1"]
         cfg = self.space.to_config(candidate, base=self.base)
         for key, value in self.exp["config"].items():  # pinned for every trial, over the candidate's values
             set_key(cfg, key, value, f"{self.exp['source']}: config")
-        full = min(cfg["SOLVER"]["MAX_ITER"], v["max_iter"])
-        iters = {"stage1": max(1, round(full * s1["max_iter"] / v["max_iter"])), "reference": v["max_iter"]}.get(stage, full)
-        _scale_schedule(cfg, iters)
+        iters = stage_iterations(cfg["SOLVER"]["MAX_ITER"], stage, s1["max_iter"], v["max_iter"])
+        scale_schedule(cfg, iters)
         cfg["TEST"]["EVAL_PERIOD"] = s1["eval_period"] if stage == "stage1" else 0
         cfg["SOLVER"]["CHECKPOINT_PERIOD"] = iters + 1  # trials keep only model_final.pth
         return cfg
 
-    def _specs(self, trials: list[dict[str, Any]]) -> list[TrialSpec]:
-        return [TrialSpec(t["id"], self.trial_config(t["candidate"], t["stage"]), str(self.run_dir / "trials" / t["id"]))
-                for t in trials]
-
-    def run_pending(self, trials: list[dict[str, Any]], label: str, asha: bool) -> None:
-        """Train stored trials on Ray (ASHA or to the end); outcomes land in the store."""
+    def run_pending(self, trials: list[dict[str, Any]], label: str, stop_at: int | None = None) -> None:
+        """Train stored trials on Ray to ``stop_at`` (a rung; default: to the end), each from
+        the rung it reached; outcomes land in the store."""
         ray = self.exp["ray"]
-        storage = ray["storage_path"] or str(self.run_dir / "ray")
         best = max([t["metrics"].get(METRIC, 0.0) for t in measured(self.store.trials())] + [0.0])
-        run_trials(self.store, self._specs(trials), label=label, storage_path=os.path.abspath(storage),
+        specs = []
+        for t in trials:
+            cfg = self.trial_config(t["candidate"], t["stage"])
+            stop = cfg["SOLVER"]["MAX_ITER"] if stop_at is None else min(stop_at, cfg["SOLVER"]["MAX_ITER"])
+            specs.append(TrialSpec(t["id"], cfg, str(self.run_dir / "trials" / t["id"]), stop, t["checkpoint"]))
+        run_trials(self.store, specs, label=label, storage_path=storage_path(ray, self.run_dir),
                    cpus_per_trial=ray["cpus_per_trial"], gpus_per_trial=ray["gpus_per_trial"],
-                   max_concurrent=ray["max_concurrent"], asha=self.exp["stage1"]["asha"] if asha else None, best=best)
+                   max_concurrent=ray["max_concurrent"], max_failures=ray["max_failures"], best=best)
+
+    def halve(self, round_index: int, label: str) -> None:
+        """Stage 1's early stopping for one round: synchronous successive halving
+        (``nars.search.halving``). Each rung trains the round's remaining trials to its
+        iteration, then keeps the best; the decisions go to the store (meta ``halving``)
+        before they are acted on, so a resumed run makes the same ones."""
+        es = self.exp["stage1"]["early_stop"]
+        trials = self.store.trials(stage="stage1", round=round_index)
+        rungs = milestones(es["grace_period"], es["reduction_factor"], max(t["max_iter"] for t in trials))
+        alive = [t["id"] for t in trials]
+        for k, m in enumerate(rungs):
+            decided = self.store.get_meta("halving", {}).get(str(round_index), [])
+            if k >= len(decided):
+                todo = [t for t in self.store.trials(stage="stage1", round=round_index, status="pending")
+                        if t["id"] in alive and (t["reached"] or 0) < min(m, t["max_iter"])]
+                self.run_pending(todo, f"{label} rung {k + 1}/{len(rungs)}", stop_at=m)
+            if k == len(rungs) - 1:
+                break
+            now = {t["id"]: t for t in self.store.trials(stage="stage1", round=round_index)}
+            rung = [now[i] for i in alive if now[i]["status"] != "failed"]
+            if k >= len(decided):
+                halving = self.store.get_meta("halving", {})
+                halving.setdefault(str(round_index), []).append(survivors(rung, es["reduction_factor"]))
+                self.store.set_meta("halving", halving)
+                decided = halving[str(round_index)]
+            alive = decided[k]
+            for t in rung:  # the rung's others stop here, with their results at the rung
+                if t["id"] not in alive and t["status"] == "pending":
+                    self.store.finish(t["id"], "pruned", t["metrics"], wall_time=t["wall_time"])
 
     def add(self, samples: list[Any], stage: str, round_index: int) -> None:
         """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are
@@ -206,8 +231,7 @@ class Search:
                     pool_size=s1["pool_size"], explore=s1["explore"],
                 )
                 self.add(samples, "stage1", r)
-            pending = self.store.trials(stage="stage1", round=r, status="pending")
-            self.run_pending(pending, f"stage 1 round {r + 1}/{s1['rounds']}", asha=True)
+            self.halve(r, f"stage 1 round {r + 1}/{s1['rounds']}")
             round_trials = self.store.trials(stage="stage1", round=r)
             if all(t["status"] == "failed" for t in round_trials):
                 raise UserError(f"every trial of stage 1 round {r + 1} failed; the first error: {round_trials[0]['error']}")
@@ -238,7 +262,7 @@ class Search:
             if ref is not None:
                 self.add([_Pick({"id": self.space.candidate_id(ref), "candidate": ref})], "reference", 0)
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
-        self.run_pending(pending, "verification", asha=False)
+        self.run_pending(pending, "verification")
 
     def measure_verified(self) -> None:
         """The measured latency of every verified trial (and the reference) not measured yet,
@@ -287,33 +311,6 @@ def _picks(front: list[dict[str, Any]], incumbent: dict[str, Any] | None, k: int
     rest = sorted((s for s in front if s["id"] not in {p["id"] for p in picks}), key=lambda s: s[key])
     n = min(k - len(picks), len(rest))
     return picks + [rest[int(i * len(rest) / n)] for i in range(n)]
-
-
-def _scale_schedule(cfg: dict[str, Any], max_iter: int) -> None:
-    """Train ``max_iter`` iterations with the recipe's schedule stretched to fit.
-
-    Warmup, LR steps and the EMA's horizon keep their share of training: the decay becomes
-    ``decay ** (MAX_ITER / max_iter)``, so the initial weights' share of the average at the
-    end is the recipe's. Unscaled, a 0.999 average over a 40-iteration trial would still be
-    96% random initialisation, and every EMA recipe would score about 0 there.
-    """
-    solver, ema = cfg["SOLVER"], cfg["MODEL_EMA"]
-    ratio = max_iter / solver["MAX_ITER"]
-    solver["WARMUP_ITERS"] = int(round(solver["WARMUP_ITERS"] * ratio))
-    solver["STEPS"] = [int(round(s * ratio)) for s in solver["STEPS"]]
-    solver["MAX_ITER"] = max_iter
-    ema["DECAY"] = ema["DECAY"] ** (1.0 / ratio)
-
-
-def check_reachable(address: str) -> None:
-    """Fail fast on a cluster address nothing answers at (ray.init would wait for minutes)."""
-    if not address or address == "auto":
-        return
-    host, _, port = address.split("://")[-1].rpartition(":")
-    try:
-        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-    except (OSError, ValueError) as e:
-        raise UserError(f"ray.address {address}: nothing answers there ({e.strerror or e})") from None
 
 
 def default_run_dir(exp: Mapping[str, Any]) -> Path:
@@ -366,34 +363,3 @@ def search(
     finally:
         store.close()
     return run_dir
-
-
-class ray_session:
-    """``ray.init`` for the search (local by default, or an existing cluster), shut down after."""
-
-    def __init__(self, ray_cfg: Mapping[str, Any]):
-        self.cfg = ray_cfg
-
-    def __enter__(self) -> "ray_session":
-        import ray
-
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no per-run banner tables: NARS prints its own progress
-        address = self.cfg["address"] or None
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if address is None:
-            temp = Path(tempfile.gettempdir()) / f"nars-ray-{os.getpid()}"  # unix socket paths must stay short
-            # trials exchange little data: a small object store keeps a laptop's memory for training
-            kwargs.update(num_cpus=self.cfg["num_cpus"], _temp_dir=str(temp), object_store_memory=200 * 2**20)
-        try:
-            ray.init(address=address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"ray.address {address or 'local'}: cannot connect ({first})") from None
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        import ray
-
-        ray.shutdown()

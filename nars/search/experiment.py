@@ -49,7 +49,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "eval_period": 50,
         "pool_size": 4096,
         "explore": 0.25,
-        "asha": {"grace_period": 50, "reduction_factor": 2},
+        # synchronous successive halving (nars.search.halving): rungs at grace_period * rf**k
+        "early_stop": {"grace_period": 50, "reduction_factor": 2},
         "pretrain_samples": 2048,
     },
     # objective: the cost the predicted front trades segm AP against (mflops or latency)
@@ -64,7 +65,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "cpus_per_trial": 1,
         "gpus_per_trial": 0.0,
         "max_concurrent": 2,
+        # trial checkpoints: a folder every node mounts at the same path, or a URI (s3://...); "" = RUN/ray
         "storage_path": "",
+        "max_failures": 2,  # retries of a trial whose worker or node died (a trial that raises is not retried)
     },
     "seed": 0,
 }
@@ -94,7 +97,7 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     if has_files and not all(data[s][k] for s in ("train", "val") for k in ("json", "images")):
         raise UserError(f"{path}: dataset.train and dataset.val each need json and images")
     for key, minimum in (("stage1.rounds", 1), ("stage1.trials_per_round", 1), ("stage1.max_iter", 1),
-                         ("verify.top_k", 1), ("verify.max_iter", 1), ("ray.max_concurrent", 1)):
+                         ("verify.top_k", 1), ("verify.max_iter", 1), ("ray.max_concurrent", 1), ("ray.max_failures", 0)):
         section, name = key.split(".")
         if exp[section][name] < minimum:
             raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
@@ -110,8 +113,10 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
             raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
     if not 0.0 <= exp["stage1"]["explore"] <= 1.0:
         raise UserError(f"{path}: stage1.explore must be in [0, 1], got {exp['stage1']['explore']}")
-    if exp["stage1"]["max_iter"] % exp["stage1"]["eval_period"]:
-        raise UserError(f"{path}: stage1.max_iter must be a multiple of stage1.eval_period (ASHA's rungs)")
+    early = exp["stage1"]["early_stop"]
+    if early["grace_period"] < 1 or early["reduction_factor"] < 2:
+        raise UserError(f"{path}: stage1.early_stop needs grace_period >= 1 and reduction_factor >= 2, "
+                        f"got {early['grace_period']} and {early['reduction_factor']}")
     return exp
 
 

@@ -202,7 +202,7 @@ def _budgets(b: Budget, cpus: int, size: InputSize, batch: int) -> dict[str, Any
                                                             f"{MIN_TRIALS_PER_ROUND} for the predictor"),
             "max_iter": Derived(2 * b.eval_period, "half of verify.max_iter; two ASHA rungs"),
             "eval_period": Derived(b.eval_period, "stage1.max_iter / 2"),
-            "asha": {"grace_period": Derived(b.eval_period, "the first rung: stage1.eval_period")},
+            "early_stop": {"grace_period": Derived(b.eval_period, "the first rung: stage1.eval_period")},
         },
         "verify": {"max_iter": Derived(4 * b.eval_period, f"search ~{b.minutes:.0f} min (aim {TARGET_MINUTES}, at "
                                                           f"most the recipes' length): {cost}")},

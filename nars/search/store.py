@@ -1,7 +1,9 @@
 """The experiment store: one SQLite file (WAL) per search run.
 
 One row per trial (candidate, status, metric history, final metrics, costs, wall time,
-error) plus a key/value table for the resolved experiment, seeds and stage progress.
+error; for a trial paused between rungs of successive halving, the iteration it reached and
+its checkpoint in Ray's storage) plus a key/value table for the resolved experiment, seeds,
+stage progress and the early-stopping decisions.
 Only the search driver writes; readers (``nars pareto``, notebooks) may open it any time.
 """
 
@@ -37,6 +39,9 @@ CREATE TABLE IF NOT EXISTS trials (
     latency_ms REAL,
     measured_latency_ms REAL,
     max_iter INTEGER,
+    reached INTEGER,
+    checkpoint TEXT,
+    retries INTEGER NOT NULL DEFAULT 0,
     wall_time REAL,
     error TEXT,
     created REAL NOT NULL,
@@ -46,7 +51,8 @@ CREATE INDEX IF NOT EXISTS trials_stage ON trials (stage, round);
 """
 _JSON_COLUMNS = ("candidate", "history", "metrics")
 # columns added since the first stores: (name, type), added to an older store when opened
-_ADDED_COLUMNS = (("latency_ms", "REAL"), ("measured_latency_ms", "REAL"))
+_ADDED_COLUMNS = (("latency_ms", "REAL"), ("measured_latency_ms", "REAL"), ("reached", "INTEGER"),
+                  ("checkpoint", "TEXT"), ("retries", "INTEGER NOT NULL DEFAULT 0"))
 
 
 class RunStore:
@@ -98,15 +104,27 @@ class RunStore:
         self._update(trial_id, measured_latency_ms=ms)
 
     def append_history(self, trial_id: str, report: dict[str, Any]) -> None:
-        """Add one intermediate report (iteration + metrics) to the trial's history."""
+        """Add one intermediate report (iteration + metrics) to the trial's history; a report
+        of an iteration already there (a retried trial repeating it) replaces that one."""
         with self.db:
             row = self.db.execute("SELECT history FROM trials WHERE id = ?", (trial_id,)).fetchone()
-            history = json.loads(row[0]) if row else []
+            history = [h for h in (json.loads(row[0]) if row else []) if h.get("iteration") != report.get("iteration")]
             history.append(report)
             self.db.execute(
                 "UPDATE trials SET history = ?, status = 'running', updated = ? WHERE id = ?",
                 (json.dumps(history), time.time(), trial_id),
             )
+
+    def pause(self, trial_id: str, reached: int, checkpoint: str, metrics: dict[str, Any],
+              wall_time: float | None) -> None:
+        """A trial stopped at a rung, waiting for the rung's decision: pending again, with the
+        iteration it reached, its checkpoint (a path or URI in Ray's storage) and its metrics there."""
+        self._update(trial_id, status="pending", reached=reached, checkpoint=checkpoint, metrics=json.dumps(metrics),
+                     wall_time=wall_time)
+
+    def add_retry(self, trial_id: str) -> None:
+        with self.db:
+            self.db.execute("UPDATE trials SET retries = retries + 1, updated = ? WHERE id = ?", (time.time(), trial_id))
 
     def finish(
         self,
@@ -115,20 +133,26 @@ class RunStore:
         metrics: dict[str, Any] | None = None,
         wall_time: float | None = None,
         error: str | None = None,
+        reached: int | None = None,
+        checkpoint: str | None = None,
     ) -> None:
+        """A final status; a done trial also records the iteration it reached and its checkpoint."""
         if status not in FINAL:
             raise ValueError(f"final status must be one of {FINAL}, got {status!r}")
+        done = {"reached": reached, "checkpoint": checkpoint} if reached is not None else {}
         self._update(trial_id, status=status, metrics=json.dumps(metrics) if metrics is not None else None,
-                     wall_time=wall_time, error=error)
+                     wall_time=wall_time, error=error, **done)
 
     def requeue_interrupted(self) -> int:
-        """Trials left running by a killed driver go back to pending (their history is cleared)."""
+        """Trials left running by a killed driver go back to pending; their history keeps only
+        the reports up to the rung they had reached (where they continue from)."""
+        running = self.trials(status="running")
         with self.db:
-            cur = self.db.execute(
-                "UPDATE trials SET status = 'pending', history = '[]', updated = ? WHERE status = 'running'",
-                (time.time(),),
-            )
-        return cur.rowcount
+            for t in running:
+                history = [h for h in t["history"] if t["reached"] and h.get("iteration", 0) <= t["reached"]]
+                self.db.execute("UPDATE trials SET status = 'pending', history = ?, updated = ? WHERE id = ?",
+                                (json.dumps(history), time.time(), t["id"]))
+        return len(running)
 
     def trials(self, stage: str | None = None, round: int | None = None, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Trials as dicts (JSON columns decoded), in insertion order."""
