@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from scipy.stats import qmc
@@ -28,11 +28,19 @@ MAX_DRAWS = 256 * BATCH  # never draw more than this
 
 @dataclass(frozen=True)
 class Sample:
+    """One candidate with its id and costs: what sampling draws, stage 2's front holds (as
+    ``to_dict`` plus its prediction) and the search stores as trials."""
+
     candidate: dict[str, Any]
     id: str
     mflops: float
     params: int
     latency_ms: float | None = None  # predicted, when sampled under a latency limit
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Sample":
+        """The inverse of ``to_dict`` (extra keys, such as a front's prediction, are ignored)."""
+        return cls(d["candidate"], d["id"], d["mflops"], d["params"], d.get("latency_ms"))
 
     def to_dict(self) -> dict[str, Any]:
         latency = {} if self.latency_ms is None else {"latency_ms": round(self.latency_ms, 3)}

@@ -24,6 +24,7 @@ from nars.search.experiment import load_experiment
 from nars.search.pareto import hypervolume, pareto_mask
 from nars.search.store import RunStore, load_run
 from search_spaces import sample
+from search_spaces.sampling import Sample
 
 DATA = Path(__file__).parent / "data"
 NARS = [sys.executable, "-m", "nars.cli"]
@@ -338,13 +339,13 @@ def test_trials_stretch_the_recipe_schedule_to_their_budget(tmp_path):
 
 
 def test_verification_picks_the_best_predicted_the_incumbent_then_a_spread():
-    front = [{"id": f"f{i}", "mflops": m} for i, m in enumerate([90, 50, 70, 60, 80])]  # best predicted first
-    incumbent = {"id": "s1", "mflops": 230}
-    assert [p["id"] for p in _picks(front, incumbent, 1)] == ["f0"]
-    assert [p["id"] for p in _picks(front, incumbent, 2)] == ["f0", "s1"]
-    assert [p["id"] for p in _picks(front, incumbent, 4)] == ["f0", "s1", "f1", "f2"]  # MFLOPs 50, then 70
-    assert [p["id"] for p in _picks(front, None, 3)] == ["f0", "f1", "f2"]
-    assert [p["id"] for p in _picks(front, front[0], 2)] == ["f0", "f1"]  # the incumbent is on the front already
+    front = [Sample({}, f"f{i}", m, 1) for i, m in enumerate([90, 50, 70, 60, 80])]  # best predicted first
+    incumbent = Sample({}, "s1", 230, 1)
+    assert [p.id for p in _picks(front, incumbent, 1)] == ["f0"]
+    assert [p.id for p in _picks(front, incumbent, 2)] == ["f0", "s1"]
+    assert [p.id for p in _picks(front, incumbent, 4)] == ["f0", "s1", "f1", "f2"]  # MFLOPs 50, then 70
+    assert [p.id for p in _picks(front, None, 3)] == ["f0", "f1", "f2"]
+    assert [p.id for p in _picks(front, front[0], 2)] == ["f0", "f1"]  # the incumbent is on the front already
     assert len(_picks(front, incumbent, 9)) == 6
 
 

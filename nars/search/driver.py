@@ -34,6 +34,7 @@ from nars.search.halving import milestones, survivors
 from nars.search.trials import TrialSpec, run_trials
 from predictor.latency import fit_measurements, measure_space
 from search_spaces import SearchSpace, load_space, sample
+from search_spaces.sampling import Sample
 
 logger = logging.getLogger(__name__)
 EXPERIMENT_FILE = "experiment.json"
@@ -204,7 +205,7 @@ class Search:
                 if t["id"] not in alive and t["status"] == "pending":
                     self.store.finish(t["id"], "pruned", t["metrics"], wall_time=t["wall_time"])
 
-    def add(self, samples: list[Any], stage: str, round_index: int) -> None:
+    def add(self, samples: list[Sample], stage: str, round_index: int) -> None:
         """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are
         kept), with the cost of the model each trial trains (its config, pinned keys included)
         and, with a latency predictor, its predicted latency."""
@@ -254,13 +255,13 @@ class Search:
         v = self.exp["verify"]
         if not self.store.trials(stage="verify"):
             best = max(measured(self.store.trials(stage="stage1")), key=lambda t: t["metrics"][METRIC], default=None)
-            incumbent = None if best is None else {"id": best["candidate_id"], "candidate": best["candidate"],
-                                                   "mflops": best["mflops"]}
+            incumbent = None if best is None else Sample(best["candidate"], best["candidate_id"], best["mflops"],
+                                                         best["params"], best["latency_ms"])
             key = "latency_ms" if self.exp["stage2"]["objective"] == "latency" else "mflops"
-            self.add([_Pick(p) for p in _picks(front, incumbent, v["top_k"], key)], "verify", 0)
+            self.add(_picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key), "verify", 0)
             ref = self.space.references.get(v["reference"])
             if ref is not None:
-                self.add([_Pick({"id": self.space.candidate_id(ref), "candidate": ref})], "reference", 0)
+                self.add([Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))], "reference", 0)
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
         self.run_pending(pending, "verification")
 
@@ -293,22 +294,14 @@ class Search:
         self.store.set_meta("state", "finished")
 
 
-class _Pick:
-    """A front entry shaped like a sample (id, candidate)."""
-
-    def __init__(self, entry: Mapping[str, Any]):
-        self.id, self.candidate = entry["id"], entry["candidate"]
-
-
-def _picks(front: list[dict[str, Any]], incumbent: dict[str, Any] | None, k: int,
-           key: str = "mflops") -> list[dict[str, Any]]:
+def _picks(front: list[Sample], incumbent: Sample | None, k: int, key: str = "mflops") -> list[Sample]:
     """What verification trains: the best predicted AP; from k = 2 the incumbent (stage 1's best
     measured candidate, which a predictor fitted on a handful of trials can rank below its own
     extrapolations); the rest spread evenly along the front's cost ``key`` (stage 2's objective)."""
     picks = front[:1]
-    if k > 1 and incumbent is not None and incumbent["id"] not in {p["id"] for p in picks}:
+    if k > 1 and incumbent is not None and incumbent.id not in {p.id for p in picks}:
         picks.append(incumbent)
-    rest = sorted((s for s in front if s["id"] not in {p["id"] for p in picks}), key=lambda s: s[key])
+    rest = sorted((s for s in front if s.id not in {p.id for p in picks}), key=lambda s: getattr(s, key))
     n = min(k - len(picks), len(rest))
     return picks + [rest[int(i * len(rest) / n)] for i in range(n)]
 
