@@ -80,6 +80,11 @@ class Param:
     def value(self, code: float) -> Any:
         raise NotImplementedError
 
+    def numbers(self, codes: np.ndarray) -> np.ndarray:
+        """``value`` of many codes at once, as floats (numeric domains; bools as 0 / 1): what
+        the batch cost model reads."""
+        return np.asarray(codes, dtype=float)
+
     def extremes(self) -> list[Any]:
         """Values that exercise every field check (first one is the default for probes)."""
         raise NotImplementedError
@@ -122,6 +127,9 @@ class Fixed(Param):
     def value(self, code: float) -> Any:
         return self.fixed
 
+    def numbers(self, codes: np.ndarray) -> np.ndarray:
+        return np.full(len(codes), float(self.fixed))
+
     def extremes(self) -> list[Any]:
         return [self.fixed]
 
@@ -158,6 +166,9 @@ class Choice(Param):
 
     def value(self, code: float) -> Any:
         return self.values[int(code)]
+
+    def numbers(self, codes: np.ndarray) -> np.ndarray:
+        return np.asarray(self.values, dtype=float)[np.asarray(codes).astype(int)]
 
     def extremes(self) -> list[Any]:
         return list(self.values)

@@ -409,7 +409,9 @@ class SearchSpace:
 
     # ----- vectors -----
 
-    def _candidates(self, codes: np.ndarray) -> list[dict[str, Any]]:
+    def from_codes(self, codes: np.ndarray) -> list[dict[str, Any]]:
+        """Canonical candidates of code rows (one float per parameter, as ``unit_codes`` gives
+        them; inactive parameters' codes are ignored)."""
         active = active_mask(self.params, codes, self._index)
         columns = [[p.value(x) for x in codes[:, j].tolist()] for j, p in enumerate(self.params)]
         names = [p.name for p in self.params]
@@ -423,6 +425,15 @@ class SearchSpace:
             for name, value in self.canonical(candidate, f"candidate {i}").items():
                 j = self._index[name]
                 codes[i, j] = self.params[j].code(value)
+        return self._encode(codes)
+
+    def encode_codes(self, codes: np.ndarray) -> np.ndarray:
+        """``encode(from_codes(codes))`` without building the candidates (stage 2 encodes a
+        million of them)."""
+        return self._encode(np.where(active_mask(self.params, codes, self._index), codes, np.nan))
+
+    def _encode(self, codes: np.ndarray) -> np.ndarray:
+        """The encoding of code rows with NaN for inactive parameters."""
         return np.hstack([p.encode(codes[:, j]) for j, p in enumerate(self.params)] + [np.zeros((len(codes), 0))])
 
     def decode(self, x: np.ndarray) -> list[dict[str, Any]]:
@@ -431,16 +442,21 @@ class SearchSpace:
         x = np.atleast_2d(np.asarray(x, dtype=float))
         if x.shape[1] != self.encoding_length:
             raise UserError(f"space {self.name}: encodings have {self.encoding_length} columns, got {x.shape[1]}")
-        return self._candidates(np.column_stack([p.decode(x[:, s]) for p, s in zip(self.params, self._slices)]))
+        return self.from_codes(np.column_stack([p.decode(x[:, s]) for p, s in zip(self.params, self._slices)]))
 
     def from_unit(self, u: np.ndarray) -> list[dict[str, Any]]:
         """Candidates of points of the unit cube [0, 1)^unit_dims (one coordinate per non-fixed parameter)."""
+        return self.from_codes(self.unit_codes(u))
+
+    def unit_codes(self, u: np.ndarray) -> np.ndarray:
+        """Code rows [N, len(params)] of points of the unit cube: ``from_unit`` before the
+        candidates are built, for the batch paths (``encode_codes``, ``batch_cost``)."""
         u = np.atleast_2d(np.asarray(u, dtype=float))
         if u.shape[1] != self.unit_dims:
             raise UserError(f"space {self.name}: unit points have {self.unit_dims} coordinates, got {u.shape[1]}")
         columns = iter(u.T)
         codes = [p.from_unit(next(columns)) if p.unit_width else np.zeros(len(u)) for p in self.params]
-        return self._candidates(np.column_stack(codes))
+        return np.column_stack(codes)
 
     def log10_size(self) -> float:
         """log10 of the number of distinct candidates, counting conditions; continuous floats count once."""

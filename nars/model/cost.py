@@ -210,16 +210,21 @@ def config_cost(
     DETECTIONS_PER_IMAGE allows.
     """
     arch = arch if arch is not None else resolve_arch(get(cfg, "MODEL.FBNET_V2.ARCH"))
+    return model_cost(arch, **cost_settings(cfg, input_size))
+
+
+def cost_settings(cfg: Mapping[str, Any], input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """``model_cost``'s arguments besides the arch, read from a config's ``COST_KEYS`` as
+    ``config_cost`` reads them (one place; search_spaces.batch_cost takes them too)."""
     rois = get(cfg, "MODEL.RPN.POST_NMS_TOPK_TEST")
     anchors = len(get(cfg, "MODEL.ANCHOR_GENERATOR.SIZES")[0]) * len(get(cfg, "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS")[0])
-    return model_cost(
-        arch,
-        get(cfg, "MODEL.ROI_HEADS.NUM_CLASSES"),
-        input_size or test_input_size(cfg),
-        num_anchors=anchors,
-        box_resolution=get(cfg, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"),
-        mask_resolution=get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"),
-        rois=rois,
-        mask_rois=min(rois, get(cfg, "TEST.DETECTIONS_PER_IMAGE")),
-        divisor=get(cfg, "MODEL.FBNET_V2.WIDTH_DIVISOR"),
-    )
+    return {
+        "num_classes": get(cfg, "MODEL.ROI_HEADS.NUM_CLASSES"),
+        "input_size": input_size or test_input_size(cfg),
+        "num_anchors": anchors,
+        "box_resolution": get(cfg, "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION"),
+        "mask_resolution": get(cfg, "MODEL.ROI_MASK_HEAD.POOLER_RESOLUTION"),
+        "rois": rois,
+        "mask_rois": min(rois, get(cfg, "TEST.DETECTIONS_PER_IMAGE")),
+        "divisor": get(cfg, "MODEL.FBNET_V2.WIDTH_DIVISOR"),
+    }
