@@ -32,10 +32,11 @@ def _dominated(a: dict, b: dict) -> bool:
             and (b["pred_segm_AP"] > a["pred_segm_AP"] or b["mflops"] < a["mflops"]))
 
 
-def test_the_evolved_front_is_feasible_non_dominated_and_deterministic(setting):
+@pytest.mark.parametrize("optimizer", ["nsga2", "DE"])
+def test_the_evolved_front_is_feasible_non_dominated_and_deterministic(setting, optimizer):
     space, encoder, results, _ = setting
     model = fit_predictor(space, encoder, results, seed=0)
-    kwargs = dict(optimizer="DE", budget=600, batch_size=64, constraints=LIMITS, use_params=False, seed=0,
+    kwargs = dict(optimizer=optimizer, budget=600, batch_size=64, constraints=LIMITS, use_params=False, seed=0,
                   progress=False)
     front = evolve(space, model, **kwargs)
     assert len(front) >= 2
