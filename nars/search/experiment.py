@@ -53,8 +53,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "early_stop": {"grace_period": 50, "reduction_factor": 2},
         "pretrain_samples": 2048,
     },
-    # objective: the cost the predicted front trades segm AP against (mflops or latency)
-    "stage2": {"optimizer": "DE", "budget": 20000, "batch_size": 1024, "use_params": False, "objective": "mflops"},
+    # objective: the cost the predicted front trades segm AP against (mflops or latency);
+    # optimizer: nsga2 (numpy NSGA-II, nars.search.evolution) or a nevergrad name (DE, TwoPointsDE...)
+    "stage2": {"optimizer": "nsga2", "budget": 20000, "batch_size": 1024, "use_params": False, "objective": "mflops"},
     # the latency predictor (when constraints.max_latency_ms is set or stage2.objective is
     # latency): candidates measured per search (added to the machine's cache), threads timed with
     "latency": {"samples": 24, "threads": 2},
