@@ -4,6 +4,10 @@ Round 0 draws Sobol candidates inside the constraints (a latency limit applies t
 space's predicted latency). Every later round refits the proxy-pretrained predictor on all
 results so far and picks from a large constrained pool:
 most by predicted segm AP, an ``explore`` share by the ensemble's uncertainty.
+A warm-started search (``stage1.warm_start``: earlier runs' results, ``nars.search.warm_start``)
+has results before its first trial, so round 0 is such a round too: no Sobol draw; the
+``explore`` share, picked where the predictor is least sure, is what is left of Sobol's
+exploration.
 """
 
 from __future__ import annotations
@@ -50,9 +54,11 @@ def propose(
     pool_size: int,
     explore: float,
 ) -> list[Sample]:
-    """The ``n`` candidates round ``round_index`` trains (deterministic per seed and results)."""
+    """The ``n`` candidates round ``round_index`` trains (deterministic per seed and results):
+    Sobol points while there are no results, else the predictor's picks, whatever the round
+    (warm results make round 0 one). ``tried``: candidate ids never proposed again."""
     limits = {k: constraints.get(k) for k in ("max_mflops", "max_params", "max_latency_ms")}
-    if round_index == 0 or not results:
+    if not results:
         pool = sample(space, n + len(tried), method="sobol", seed=seed + round_index, **limits)
         return [s for s in pool if s.id not in tried][:n]
     pool = [s for s in sample(space, pool_size, method="uniform", seed=seed + round_index, **limits) if s.id not in tried]
