@@ -44,6 +44,9 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="RUN", help="a new run folder (default: runs/NAME-N)")
     parser.add_argument("--resume", metavar="RUN", help="complete an interrupted run")
     parser.add_argument("--ray-address", metavar="ADDR", help="an existing Ray cluster (default: a local one)")
+    parser.add_argument("--warm-start", metavar="RUN", action="append",
+                        help="an earlier run on the same space and dataset whose measured trials the predictor starts "
+                             "from (repeatable; sets stage1.warm_start)")
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -53,8 +56,11 @@ def run_search(args: argparse.Namespace) -> int:
     args = parse_late_options(args)  # options may also come among the overrides
     positional = list(args.overrides)
     experiment = positional.pop(0) if len(positional) % 2 else None
-    if args.resume and (experiment or positional):
-        raise UserError("--resume RUN continues that run's own experiment; give no EXPERIMENT or overrides with it")
+    if args.resume and (experiment or positional or args.warm_start):
+        raise UserError("--resume RUN continues that run's own experiment; give no EXPERIMENT, overrides or "
+                        "--warm-start with it")
+    if args.warm_start:  # the last override: over the experiment file's list
+        positional += ["stage1.warm_start", json.dumps(args.warm_start)]
     if args.resume and args.out:
         raise UserError("give either --out (a new run) or --resume (an existing one), not both")
     setup_logging()

@@ -52,6 +52,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         # synchronous successive halving (nars.search.halving): rungs at grace_period * rf**k
         "early_stop": {"grace_period": 50, "reduction_factor": 2},
         "pretrain_samples": 2048,
+        # earlier run folders on the same space, setup and dataset whose measured trials feed the
+        # predictor from round 0 (nars.search.warm_start); relative to the folder the search starts in
+        "warm_start": [],
     },
     # objective: the cost the predicted front trades segm AP against (mflops or latency);
     # optimizer: nsga2 (numpy NSGA-II, nars.search.evolution) or a nevergrad name (DE, TwoPointsDE...)
@@ -114,6 +117,9 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
             raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
     if not 0.0 <= exp["stage1"]["explore"] <= 1.0:
         raise UserError(f"{path}: stage1.explore must be in [0, 1], got {exp['stage1']['explore']}")
+    warm = exp["stage1"]["warm_start"]
+    if not all(isinstance(run, str) and run for run in warm):
+        raise UserError(f"{path}: stage1.warm_start is a list of run folders, got {warm!r}")
     early = exp["stage1"]["early_stop"]
     if early["grace_period"] < 1 or early["reduction_factor"] < 2:
         raise UserError(f"{path}: stage1.early_stop needs grace_period >= 1 and reduction_factor >= 2, "
