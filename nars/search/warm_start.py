@@ -42,9 +42,10 @@ from nars.search.store import STORE_FILE
 from search_spaces import SearchSpace, load_space
 
 FINGERPRINT_KEY = "fingerprint"  # the run's meta key the driver stores ``fingerprint`` under
-# config keys that differ between runs of one search without changing what a trial measures
-_PER_RUN = ("DATASETS.", "DATALOADER.", "SEED", "OUTPUT_DIR", "MODEL.DEVICE", "MODEL.WEIGHTS", "MODEL.WEIGHTS_ARCH",
-            "MODEL.FBNET_V2.ARCH", "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD")
+# config sections and keys that differ between runs of one search without changing what a trial measures
+_PER_RUN_SECTIONS = ("DATASETS.", "DATALOADER.")
+_PER_RUN_KEYS = {"SEED", "OUTPUT_DIR", "MODEL.DEVICE", "MODEL.WEIGHTS", "MODEL.WEIGHTS_ARCH", "MODEL.FBNET_V2.ARCH",
+                 "TEST.EVAL_PERIOD", "SOLVER.CHECKPOINT_PERIOD"}
 
 
 def _sha256(path: Path) -> str:
@@ -76,7 +77,8 @@ def _setup(exp: Mapping[str, Any]) -> dict[str, Any]:
     cfg = load_config(_at(exp, exp["base_config"]))
     for key, value in exp.get("config", {}).items():
         set_key(cfg, key, value, "experiment config")
-    return _plain({k: v for k, v in CONFIG_SCHEMA.flat_keys(cfg) if not k.startswith(_PER_RUN)})
+    return _plain({k: v for k, v in CONFIG_SCHEMA.flat_keys(cfg)
+                   if k not in _PER_RUN_KEYS and not k.startswith(_PER_RUN_SECTIONS)})
 
 
 def _parent(exp: Mapping[str, Any]) -> str:
