@@ -157,7 +157,8 @@ def test_the_separable_paste_equals_detectron2s_per_box_grid_sample():
 
 def test_export_random_weights_other_arch_and_norm(tiny_cfg, tmp_path):
     """FBNetV3_A (not dsmask) with GroupNorm (not folded): exports and matches as well; with
-    every proposal kept, their number differs from the traced example's (it stays dynamic)."""
+    every proposal kept, their number differs from the traced example's (it stays dynamic);
+    with none kept, the exported graph returns no detection instead of failing."""
     cfg = tiny_cfg("MODEL.FBNET_V2.ARCH", "FBNetV3_A", "MODEL.FBNET_V2.NORM", "GN", "MODEL.RPN.POST_NMS_TOPK_TEST",
                    "1000", *KEEP_ALL)
     torch.manual_seed(0)
@@ -170,6 +171,12 @@ def test_export_random_weights_other_arch_and_norm(tiny_cfg, tmp_path):
         for hw in ((70, 90), (64, 70)):
             image = Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
             assert_parity(run_image(model, image, torch.device("cpu")), run_onnx(session, image))
+        # no detection at all: the GN mask head runs on an empty batch
+        model.roi_heads.score_thresh = 1.01
+        export_onnx(model, tmp_path / "none.onnx")
+        empty = run_onnx(onnx_session(tmp_path / "none.onnx", 1), image)
+        assert empty["boxes"].shape == (0, 4) and empty["masks"].shape[0] == 0
+        assert run_image(model, image, torch.device("cpu"))["boxes"].shape == (0, 4)
 
 
 def test_nars_deploy_cli(tmp_path, capsys):

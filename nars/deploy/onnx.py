@@ -161,12 +161,50 @@ def _checked_target(path: str | Path, opset: int) -> Path:
     return path
 
 
+class GroupNormForExport(nn.Module):
+    """``nn.GroupNorm`` without a Reshape. torch exports GroupNorm as a Reshape to
+    ``(0, G, -1)``, which onnxruntime cannot resolve for an empty batch (the mask head of an
+    image with no detections), and a regrouping with its sizes would meet Reshape's rule that
+    a target size of 0 copies the input's. Here the group statistics are the
+    per-channel ones averaged by a (channels x groups) matrix product, in float64 (as exact as
+    PyTorch's Welford sums); the same normalization and affine otherwise."""
+
+    def __init__(self, norm: nn.GroupNorm):
+        super().__init__()
+        self.eps, self.weight, self.bias = norm.eps, norm.weight, norm.bias
+        size = norm.num_channels // norm.num_groups
+        member = torch.arange(norm.num_channels)[:, None] // size == torch.arange(norm.num_groups)[None, :]
+        self.register_buffer("member", member.double(), persistent=False)  # [C, G]: channel c is in group g
+
+    def forward(self, x: Tensor) -> Tensor:
+        dims = tuple(range(2, x.dim()))
+        wide = x.double()
+        share = self.member / self.member.sum(0)  # a group's mean is the mean of its channels' means
+        mean = wide.mean(dims) @ share @ self.member.T  # [N, C]: each channel's group mean
+        square = (wide * wide).mean(dims) @ share @ self.member.T
+        spread = (square - mean * mean).clamp(min=0.0)
+        per_channel = (slice(None), slice(None)) + (None,) * len(dims)
+        y = ((wide - mean[per_channel]) / torch.sqrt(spread[per_channel] + self.eps)).to(x.dtype)
+        if self.weight is None:
+            return y
+        return y * self.weight[per_channel[1:]] + self.bias[per_channel[1:]]
+
+
+def _exportable_norms(model: nn.Module) -> nn.Module:
+    """Every GroupNorm of ``model`` (a copy) as ``GroupNormForExport``."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if type(child) is nn.GroupNorm:
+                setattr(module, child_name, GroupNormForExport(child))
+    return model
+
+
 def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
     """Write ``model``'s inference for one image to ``path`` (atomically; the module
     docstring has the graph's inputs and outputs). ``model`` itself is left as it is: a copy
     is folded (``fuse_for_inference``) and traced on the CPU."""
     path = _checked_target(path, opset)
-    fused = fuse_for_inference(copy.deepcopy(model).cpu())
+    fused = _exportable_norms(fuse_for_inference(copy.deepcopy(model).cpu()))
     t = fused.transform
     example = torch.zeros(3, t.min_size_test, t.min_size_test, dtype=torch.uint8)
     buffer = io.BytesIO()

@@ -108,10 +108,14 @@ def subpixel_kernels(weight: torch.Tensor) -> torch.Tensor:
 
 
 def interleave_phases(phases: list[torch.Tensor]) -> torch.Tensor:
-    """Four ``[N, C, H, W]`` phase maps (row parity, column parity) as one ``[N, C, 2H, 2W]``."""
-    y = torch.stack(phases)
-    _, n, c, h, w = y.shape
-    return y.view(2, 2, n, c, h, w).permute(2, 3, 4, 0, 5, 1).reshape(n, c, 2 * h, 2 * w)
+    """Four ``[N, C, H, W]`` phase maps (row parity, column parity) as one ``[N, C, 2H, 2W]``.
+
+    N stays the first dimension of every reshape: an exported graph's Reshape reads a target
+    size of 0 as "copy the input's dimension here", which is only right where that is N (an
+    empty batch: no detections for the mask head)."""
+    y = torch.stack(phases, dim=2)
+    n, c, _, h, w = y.shape
+    return y.view(n, c, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c, 2 * h, 2 * w)
 
 
 class InvertedResidual(nn.Module):
