@@ -362,3 +362,17 @@ def test_a_runs_measured_trials_are_a_predictor_table(searched):
     candidates, metrics = read_table(measured_trials(searched["run"]), load_space("fbnetv3is_quick"), name="run")
     assert len(candidates) == len(measured) > 0 and metrics.shape == (len(measured), 2)
     assert metrics[:, 0].tolist() == pytest.approx(measured["segm_AP"].tolist())
+
+
+def test_a_warm_started_search_starts_from_an_earlier_runs_trials(searched, tmp_path):
+    """``--warm-start RUN``: the earlier run's measured stage-1 trials (same space, same shapes
+    data at another path) feed the predictor from round 0, which proposes none of them again."""
+    exp = _experiment(tmp_path, **{"stage1.rounds": 1})
+    run = tmp_path / "warm"
+    assert main(["search", str(exp), "--out", str(run), "--warm-start", str(searched["run"])]) == 0
+    store = RunStore(run / "nars.sqlite")
+    warm, trials = store.get_meta("warm_results"), store.trials(stage="stage1")
+    store.close()
+    earlier = {t["candidate_id"] for t in load_run(searched["run"])["trials"].to_dict("records") if t["stage"] == "stage1"}
+    assert warm and {w["candidate_id"] for w in warm} <= earlier
+    assert trials and not {t["candidate_id"] for t in trials} & earlier

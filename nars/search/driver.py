@@ -32,6 +32,7 @@ from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encod
 from nars.search.store import STORE_FILE, RunStore
 from nars.search.halving import milestones, survivors
 from nars.search.trials import TrialSpec, run_trials
+from nars.search.warm_start import FINGERPRINT_KEY, fingerprint, warm_results
 from predictor.latency import fit_measurements, measure_space
 from search_spaces import SearchSpace, load_space, sample
 from search_spaces.sampling import Sample
@@ -223,12 +224,14 @@ class Search:
     # -- stages -------------------------------------------------------------------------
     def stage1(self) -> None:
         s1 = self.exp["stage1"]
+        warm = self.store.get_meta("warm_results", [])  # earlier runs' trials (stage1.warm_start)
         for r in range(s1["rounds"]):
             if not self.store.trials(stage="stage1", round=r):
                 history = self.store.trials(stage="stage1")
                 samples = propose(
                     self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],
-                    encoder=self.encoder, results=measured(history), tried={t["candidate_id"] for t in history},
+                    encoder=self.encoder, results=warm + measured(history),
+                    tried={t["candidate_id"] for t in warm + history},
                     pool_size=s1["pool_size"], explore=s1["explore"],
                 )
                 self.add(samples, "stage1", r)
@@ -240,7 +243,7 @@ class Search:
     def stage2(self) -> list[dict[str, Any]]:
         front = self.store.get_meta("stage2_front")
         if front is None:
-            results = measured(self.store.trials(stage="stage1"))
+            results = self.store.get_meta("warm_results", []) + measured(self.store.trials(stage="stage1"))
             model = fit_predictor(self.space, self.encoder, results, self.exp["seed"])
             model.save(self.run_dir / "predictor.pt")
             s2 = self.exp["stage2"]
@@ -340,7 +343,11 @@ def search(
             raise UserError(f"--out {run_dir} is not empty; pick a new folder, or continue it with --resume {run_dir}")
     check_reachable(exp["ray"]["address"])
     job = Search(copy.deepcopy(exp), run_dir, progress)
-    if not resume:
+    if not resume:  # what this run measures, and the earlier runs' trials it starts from (checked here)
+        ours = fingerprint(exp, job.space)
+        warm = warm_results(exp, job.space, lambda c: job.trial_config(c, "stage1")["SOLVER"]["MAX_ITER"], ours=ours)
+        if warm:
+            logger.info("warm start: %d measured trials from %s", len(warm), ", ".join(exp["stage1"]["warm_start"]))
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")
     store = RunStore(run_dir / STORE_FILE)
@@ -351,6 +358,8 @@ def search(
         else:
             store.set_meta("experiment", exp)
             store.set_meta("seed", exp["seed"])
+            store.set_meta(FINGERPRINT_KEY, ours)
+            store.set_meta("warm_results", warm)
         with ray_session(exp["ray"]):
             job.run(store)
     finally:
