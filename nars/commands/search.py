@@ -1,4 +1,4 @@
-"""``nars search``, ``nars pareto`` and ``nars export``: run a search, read it, take its best."""
+"""``nars search``, ``nars pareto``, ``nars report`` and ``nars export``: run a search, read it, take its best."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     pareto.add_argument("--x", choices=("mflops", "latency"), default="mflops",
                         help="the cost the front and the plot use (latency: measured where measured, else predicted)")
     pareto.set_defaults(run=run_pareto)
+
+    report = sub.add_parser("report", help="a run as one self-contained HTML page (fronts, trials, curves, "
+                                           "predictor fit, winner); also fills RUN/tensorboard")
+    report.add_argument("run_dir", metavar="RUN")
+    report.add_argument("--out", required=True, metavar="FILE", help="the page to write, e.g. report.html")
+    report.add_argument("--watch", type=int, metavar="SECONDS",
+                        help="rewrite the page every SECONDS until the run finishes (and reload it that often)")
+    report.set_defaults(run=run_report)
 
     export = sub.add_parser("export", help="a verified trial as config.yaml + model_final.pth + summary.json")
     export.add_argument("run_dir", metavar="RUN")
@@ -115,6 +123,27 @@ def run_pareto(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"plot: {args.plot}")
     return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    import time
+
+    from nars.search.html_report import REFRESH_S, write
+    from nars.search.tensorboard_log import TENSORBOARD_DIR, log_run
+
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    if args.watch is not None and args.watch < 1:
+        raise UserError(f"--watch {args.watch}: give a number of seconds, at least 1")
+    while True:
+        summary = write(run_dir, out, args.watch or REFRESH_S)
+        logged = log_run(run_dir)  # trials TensorBoard does not show yet (or whose row changed since)
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(summary["counts"].items()))
+        print(f"{time.strftime('%H:%M:%S')} {out}: {summary['trials']} trials ({counts or 'none yet'}), "
+              f"state {summary['state']}" + (f"; {logged} written to {run_dir / TENSORBOARD_DIR}" if logged else ""),
+              flush=True)
+        if args.watch is None or summary["state"] == "finished":
+            return 0
+        time.sleep(args.watch)
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
 from nars.search.store import STORE_FILE, RunStore
 from nars.search.halving import milestones, survivors
+from nars.search.tensorboard_log import log_run
 from nars.search.trials import TrialSpec, run_trials
 from nars.search.warm_start import FINGERPRINT_KEY, fingerprint, warm_results
 from predictor.latency import fit_measurements, measure_space
@@ -205,6 +206,7 @@ class Search:
             for t in rung:  # the rung's others stop here, with their results at the rung
                 if t["id"] not in alive and t["status"] == "pending":
                     self.store.finish(t["id"], "pruned", t["metrics"], wall_time=t["wall_time"])
+            log_run(self.run_dir)  # the pruned trials, in TensorBoard
 
     def add(self, samples: list[Sample], stage: str, round_index: int) -> None:
         """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are

@@ -64,8 +64,9 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     return {"measured": measured, "predicted": predicted, "reference": reference, "trials": [_row(t) for t in trials]}
 
 
-def plot(run_dir: Path, path: Path, x: str = "mflops") -> None:
-    f = fronts(run_dir, x)
+def series(f: dict[str, Any], x: str = "mflops") -> dict[str, Any]:
+    """What a front plot draws from ``fronts(run_dir, x)``: ``groups`` (label -> costs, segm APs
+    of the stage-1 and verified trials), the ``measured`` front and the ``reference`` point."""
     groups: dict[str, tuple[list[float], list[float]]] = {}
     for row in f["trials"]:
         label = {"stage1": "stage 1 (short budget)", "verify": "verified (full budget)"}.get(row["stage"])
@@ -76,4 +77,9 @@ def plot(run_dir: Path, path: Path, x: str = "mflops") -> None:
     measured = ([cost_of(r, x) for r in f["measured"]], [r["segm_AP"] for r in f["measured"]])
     ref = f["reference"]
     reference = (cost_of(ref, x), ref["segm_AP"]) if ref and cost_of(ref, x) is not None else None
-    plot_front(path, groups, measured, reference, f"NARS search: {run_dir.name}", xlabel=X_AXES[x])
+    return {"groups": groups, "measured": measured, "reference": reference}
+
+
+def plot(run_dir: Path, path: Path, x: str = "mflops") -> None:
+    s = series(fronts(run_dir, x), x)
+    plot_front(path, s["groups"], s["measured"], s["reference"], f"NARS search: {run_dir.name}", xlabel=X_AXES[x])

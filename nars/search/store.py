@@ -154,6 +154,12 @@ class RunStore:
                                 (json.dumps(history), time.time(), t["id"]))
         return len(running)
 
+    def trial(self, trial_id: str) -> dict[str, Any]:
+        rows = [t for t in self.trials() if t["id"] == trial_id]
+        if not rows:
+            raise KeyError(f"no trial {trial_id!r} in {self.path}")
+        return rows[0]
+
     def trials(self, stage: str | None = None, round: int | None = None, status: str | Iterable[str] | None = None) -> list[dict[str, Any]]:
         """Trials as dicts (JSON columns decoded), in insertion order."""
         sql, args = "SELECT * FROM trials WHERE 1=1", []

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from nars.engine.trainer import START_WEIGHTS_FILE
 from nars.search.store import RunStore
+from nars.search.tensorboard_log import log_trial
 
 # besides the APs; loss: the training loss logged last (early stopping's tie-break)
 _REPORTED = ("iteration", "wall_time", "inherited", "loss")
@@ -183,6 +184,7 @@ class StoreCallback(Callback):
             shutil.rmtree(out)
         open_checkpoint(uri).to_directory(str(out))
         self.store.finish(tid, "done", metrics, wall_time=last.get("wall_time"), reached=last["iteration"], checkpoint=uri)
+        log_trial(self.store.path.parent, self.store.trial(tid))
         self._finished("done")
 
     def _error(self, trial: Any) -> None:
@@ -190,6 +192,7 @@ class StoreCallback(Callback):
 
     def _fail(self, tid: str, error: str) -> None:
         self.store.finish(tid, "failed", None, error=error)
+        log_trial(self.store.path.parent, self.store.trial(tid))
         self._finished("failed")
 
     def _finished(self, status: str) -> None:

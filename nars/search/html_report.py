@@ -1,0 +1,242 @@
+"""``nars report``: a run as one self-contained HTML page, to read while it searches.
+
+One file, nothing to fetch: the plots are PNGs inside the page (base64 data URIs) and the
+style is inline, so the page can be mailed, archived or opened from a cluster's shared disk.
+While the run is not finished the page reloads itself (``<meta http-equiv="refresh">``) and
+``nars report --watch`` rewrites it, so a browser left on it follows the search.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from nars.errors import UserError
+from nars.fileio import atomic_write_text
+from nars.search.export import pick
+from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, open_store, series
+from nars.search.pareto import plot_front
+from nars.search.store import STATUSES
+
+REFRESH_S = 30  # how often a live page reloads itself when nobody said
+MIN_TAU_POINTS = 3  # Kendall's tau of fewer pairs says nothing (two points: always +-1)
+_STYLE = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1240px; padding: 0 16px; color: #222; }
+h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
+.muted { color: #666; } .live { color: #b35900; } .plots { display: flex; flex-wrap: wrap; gap: 12px; }
+.plots img { max-width: 100%; height: auto; border: 1px solid #eee; }
+table { border-collapse: collapse; font-size: 12.5px; } td, th { padding: 3px 7px; border-bottom: 1px solid #eee; }
+th { background: #f4f4f4; text-align: left; position: sticky; top: 0; } td.n { text-align: right; font-variant-numeric: tabular-nums; }
+tr.winner td { background: #fff4d6; } .s-failed { color: #b00020; } .s-pruned { color: #777; } .s-running { color: #b35900; }
+dl.summary { display: grid; grid-template-columns: max-content auto; gap: 2px 14px; } dl.summary dt { color: #666; }
+.choices { columns: 4 200px; font: 12px monospace; } pre { background: #f7f7f7; padding: 8px; overflow-x: auto; font-size: 12px; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
+
+
+def _figure_png(draw: Callable[[Any], None], size: tuple[float, float] = (7, 4.5)) -> bytes:
+    """A matplotlib figure (Agg) drawn by ``draw(ax)``, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    draw(ax)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _front_png(run_dir: Path, f: dict[str, Any], x: str) -> bytes:
+    """``nars pareto --plot``'s figure with stage 2's predicted front added (at its predicted AP)."""
+    s = series(f, x)
+    key = "mflops" if x == "mflops" else "latency_ms"
+    predicted = [p for p in f["predicted"] if p.get(key) is not None]
+    if predicted:
+        s["groups"]["stage 2 predicted front (predicted AP)"] = ([p[key] for p in predicted],
+                                                                 [p["pred_segm_AP"] for p in predicted])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "front.png"
+        plot_front(path, s["groups"], s["measured"], s["reference"], f"{run_dir.name}: fronts", xlabel=X_AXES[x])
+        return path.read_bytes()
+
+
+def _curves_png(trials: Sequence[dict[str, Any]]) -> bytes:
+    def draw(ax: Any) -> None:
+        rounds = sorted({t["round"] for t in trials})
+        for t in trials:
+            colour = f"C{rounds.index(t['round']) % 10}"
+            points = sorted((r["iteration"], r["segm_AP"]) for r in t["history"] if "segm_AP" in r)
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1, alpha=0.8, color=colour)
+        for i, r in enumerate(rounds):
+            ax.plot([], [], color=f"C{i % 10}", label=f"round {r + 1}")
+        ax.set(xlabel="iteration", ylabel="segm AP", title="stage 1 learning curves (one line per trial)")
+        ax.legend(fontsize=8)
+
+    return _figure_png(draw)
+
+
+def _fit_png(pairs: Sequence[tuple[float, float]]) -> bytes:
+    def draw(ax: Any) -> None:
+        xs, ys = zip(*pairs)
+        ax.scatter(xs, ys, s=30)
+        low, high = min(xs + ys), max(xs + ys)
+        ax.plot([low, high], [low, high], color="grey", lw=1, ls="--", label="measured = predicted")
+        ax.set(xlabel="predicted segm AP (stage 2)", ylabel="measured segm AP (verified)",
+               title="the predictor on the verified candidates")
+        ax.legend(fontsize=8)
+
+    return _figure_png(draw, size=(5.5, 4.5))
+
+
+def _fit(trials: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]]) -> tuple[list[tuple[float, float]], str]:
+    """(predicted, measured) segm AP of the verified candidates on stage 2's front, and what
+    Kendall's tau over them says."""
+    from scipy.stats import kendalltau
+
+    by_id = {p["id"]: p["pred_segm_AP"] for p in predicted}
+    pairs = [(by_id[t["candidate_id"]], t["metrics"]["segm_AP"]) for t in trials
+             if t["stage"] == "verify" and t["status"] == "done" and t["candidate_id"] in by_id
+             and "segm_AP" in (t["metrics"] or {})]
+    if len(pairs) < MIN_TAU_POINTS:
+        return pairs, (f"Too few points for a rank correlation: {len(pairs)} verified candidate(s) with a prediction "
+                       f"(Kendall's tau needs at least {MIN_TAU_POINTS}).")
+    tau, p = kendalltau(*zip(*pairs))
+    return pairs, (f"Kendall's tau {tau:.2f} (p = {p:.2g}) over {len(pairs)} verified candidates: how well stage 2's "
+                   "predicted ranking held at the full budget. The predictor learnt stage 1's short-budget APs, "
+                   "so only the ranking, not the scale, is comparable.")
+
+
+_NUMERIC = range(4, 11)  # the trial table's right-aligned columns
+
+
+def _trial_table(trials: Sequence[dict[str, Any]], winner: str | None) -> str:
+    head = ("trial", "stage", "round", "status", "segm AP", "bbox AP", "MFLOPs", "params", "latency ms<br>pred / meas",
+            "iterations<br>reached / max", "wall s", "choices")
+    rows = []
+    for t in trials:
+        m = t["metrics"] or {}
+        reached = max((r["iteration"] for r in t["history"]), default=None)
+        latency = (f"{_num(t['latency_ms'], 1)} / {_num(t['measured_latency_ms'], 1)}"
+                   if t["latency_ms"] is not None or t["measured_latency_ms"] is not None else "-")
+        choices = " ".join(f"{k}={t['candidate'][k]}" for k in SHOWN if k in t["candidate"])
+        note = f' <span class="s-failed">{_e(t["error"])}</span>' if t["error"] else ""
+        cells = [_e(t["id"]), _e(t["stage"]), t["round"] + 1, f'<span class="s-{t["status"]}">{t["status"]}</span>',
+                 _num(m.get("segm_AP")), _num(m.get("bbox_AP")), _num(t["mflops"], 1),
+                 "-" if t["params"] is None else f"{t['params']:,}", latency,
+                 f"{reached if reached is not None else '-'} / {t['max_iter']}", _num(t["wall_time"], 0),
+                 _e(choices) + note]
+        tds = "".join(f'<td class="n">{c}</td>' if i in _NUMERIC else f"<td>{c}</td>" for i, c in enumerate(cells))
+        rows.append(f'<tr{" class=winner" if t["id"] == winner else ""}>{tds}</tr>')
+    return (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+
+def _winner(run_dir: Path, trials: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """The trial ``nars export --best`` would take, and its section's HTML."""
+    try:
+        best = pick(trials, None, None)
+    except UserError:
+        return None, '<p class="muted">No verified trial has finished yet.</p>'
+    m = best["metrics"]
+    choices = "".join(f"<div>{_e(k)} = {_e(v)}</div>" for k, v in sorted(best["candidate"].items()))
+    config = Path(run_dir) / "trials" / best["id"] / "config.yaml"
+    yaml = (f"<details><summary>its training config ({_e(config)})</summary><pre>{_e(config.read_text())}</pre></details>"
+            if config.is_file() else "")
+    return best, (
+        f"<p><b>{_e(best['candidate_id'])}</b> (trial {_e(best['id'])}): segm AP {_num(m.get('segm_AP'))}, "
+        f"bbox AP {_num(m.get('bbox_AP'))}, {_num(best['mflops'], 1)} MFLOPs, {best['params']:,} params, "
+        f"{best['max_iter']} iterations: the best verified segm AP, as <code>nars export {_e(run_dir)} --best "
+        f"--out DIR</code> takes it.</p><div class=choices>{choices}</div>{yaml}")
+
+
+def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any]]:
+    """The page and a summary of the run (``state``, ``counts`` by status)."""
+    run_dir = Path(run_dir)
+    store = open_store(run_dir)
+    try:
+        trials = store.trials()
+        experiment = store.get_meta("experiment") or {}
+        state = store.get_meta("state") or "starting"
+        predicted = store.get_meta("stage2_front") or []
+    finally:
+        store.close()
+    counts = Counter(t["status"] for t in trials)
+    live = state != "finished"
+    best, winner_html = _winner(run_dir, trials)
+
+    plots = []
+    f = fronts(run_dir, "mflops")
+    if f["trials"] or predicted:
+        plots.append(_img(_front_png(run_dir, f, "mflops"), "segm AP against MFLOPs: trials, fronts, reference"))
+        if any(cost_of(r, "latency") is not None for r in f["trials"]):
+            plots.append(_img(_front_png(run_dir, fronts(run_dir, "latency"), "latency"),
+                              "segm AP against latency: trials, fronts, reference"))
+    fronts_html = (f'<div class="plots">{"".join(plots)}</div>' if plots
+                   else '<p class="muted">No trial has been measured yet.</p>')
+    measured = ", ".join(f"{_e(r['id'])} ({_num(r['segm_AP'])} AP, {_num(r['mflops'], 1)} MFLOPs)" for r in f["measured"])
+    fronts_html += (f"<p>Measured front (verified trials no other beats on both segm AP and MFLOPs): {measured or '-'}. "
+                    f"Stage 2's predicted front: {len(predicted)} candidates.</p>")
+
+    curved = [t for t in trials if t["stage"] == "stage1" and any("segm_AP" in r for r in t["history"])]
+    curves_html = _img(_curves_png(curved), "stage 1 learning curves") if curved else \
+        '<p class="muted">No stage-1 trial has reported yet.</p>'
+    pairs, tau = _fit(trials, predicted)
+    fit_html = (f'<div class="plots">{_img(_fit_png(pairs), "predicted against measured segm AP")}</div>'
+                if pairs else "") + f"<p>{_e(tau)}</p>"
+
+    by_status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
+    by_stage = ", ".join(f"{n} {s}" for s, n in Counter(t["stage"] for t in trials).items())
+    now = time.strftime("%Y-%m-%d %H:%M:%S")
+    refresh = f'<meta http-equiv="refresh" content="{refresh_s}">' if live else ""
+    status_line = (f'<span class="live">live: the run is at <b>{_e(state)}</b>; this page reloads every '
+                   f'{refresh_s} s</span>' if live else "finished")
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">{refresh}
+<title>NARS report: {_e(run_dir.name)}</title><style>{_STYLE}</style></head><body>
+<h1>NARS search {_e(experiment.get("name", run_dir.name))}</h1>
+<p class="muted">{_e(run_dir.resolve())}, written {now}</p>
+<dl class="summary">
+<dt>state</dt><dd>{status_line}</dd>
+<dt>space</dt><dd>{_e(experiment.get("space", "-"))}</dd>
+<dt>trials</dt><dd>{len(trials)}: {by_status or "none yet"} ({by_stage or "-"})</dd>
+<dt>best verified</dt><dd>{_e(best["candidate_id"]) + f" ({_num(best['metrics'].get('segm_AP'))} segm AP)" if best else "-"}</dd>
+</dl>
+<h2>Fronts</h2>{fronts_html}
+<h2>Winner</h2>{winner_html}
+<h2>Predictor fit</h2>{fit_html}
+<h2>Learning curves</h2>{curves_html}
+<h2>Trials</h2>{_trial_table(trials, best["id"] if best else None)}
+</body></html>
+"""
+    return page, {"state": state, "counts": counts, "trials": len(trials)}
+
+
+def write(run_dir: Path, out: Path, refresh_s: int = REFRESH_S) -> dict[str, Any]:
+    """Build the page and write it atomically (a browser reloading it never reads half a page)."""
+    if not Path(out).parent.is_dir():
+        raise UserError(f"--out {out}: the folder {Path(out).parent} does not exist")
+    page, summary = build(run_dir, refresh_s)
+    atomic_write_text(out, page)
+    return summary
