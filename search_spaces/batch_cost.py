@@ -1,13 +1,14 @@
-"""The analytic cost (MFLOPs, params) of many candidates at once: ``nars.model.cost``
-column-wise in numpy, on code rows (``SearchSpace.unit_codes``).
+"""The analytic cost (MFLOPs, params) of many candidates at once, on code rows
+(``SearchSpace.unit_codes``), with ``nars.model.cost``'s own functions.
 
 Why: stage 2 scores about a million candidates, and the scalar path (fill the templates,
-build the ArchSpec, integer arithmetic per single block in Python) takes ~140 µs each;
-this takes a few. The formulas are ``block_cost``'s and ``model_cost``'s (MFLOPs and params
-only); a repeated block is its first block plus ``n - 1`` identical ones (stride 1, so the
-same shapes and cost). The config side (``cost_settings``: input size, RoIs, anchors...)
-is taken once per distinct combination of the parameters it reads. Integer arithmetic and
-float64 give the scalar model's figures to the bit (tests/test_evolution.py checks every
+build the ArchSpec, walk every block in Python) takes ~140 µs each. A block's cost depends
+only on its few choices and its input (channels, size), which take few distinct values: each
+templated block is costed once per distinct combination (``stages_cost``, memoised over the
+search) and the results gathered column-wise; the layers outside the blocks are
+``head_costs`` on the arrays. The config side (``cost_settings``: input size, RoIs,
+anchors...) is taken once per distinct combination of the parameters it reads. The same
+functions, so the scalar model's figures to the bit (tests/test_evolution.py checks every
 shipped space).
 """
 
@@ -17,43 +18,24 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from nars.model.cost import cost_settings
+from nars.model.arch import BlockSpec
+from nars.model.cost import cost_settings, head_costs, stages_cost
 from search_spaces.space import Ref, SearchSpace, _refs
 
 Values = Mapping[str, np.ndarray]
+_FIELDS = (int, bool, int, int, int, float)  # BlockSpec's kernel, se, out_channels, stride, repeats, expansion
 
 
-def _divisible(num: Any, divisor: Any) -> np.ndarray:
-    """``nars.model.arch.get_divisible_by(num, divisor)`` element-wise."""
-    num = np.asarray(num, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):  # divisor <= 0 keeps int(num)
-        rounded = np.maximum(np.floor(num / divisor + 0.5), 1) * divisor
-        inexact = (divisor > 0) & (np.mod(num, divisor) != 0)
-    rounded = np.where(rounded < 0.95 * num, rounded + divisor, rounded)
-    return np.maximum(np.where(inexact, rounded, np.trunc(num)), divisor).astype(np.int64)
-
-
-def _out_size(size: Any, kernel: Any, stride: int) -> Any:
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
-
-
-def _single(kind: str, stride: int, k: Any, se: Any, cout: Any, e: Any, cin: Any, h: Any, w: Any,
-            divisor: Any) -> tuple[Any, Any, Any, Any]:
-    """``block_cost`` of one single block: (params, multiply-adds, out h, out w)."""
-    k2 = k * k
-    if kind == "conv":
-        ho, wo = _out_size(h, k, stride), _out_size(w, k, stride)
-        return cin * cout * k2 + cout + 2 * cout, ho * wo * cout * cin * k2, ho, wo
-    mid = _divisible(cin * e, divisor)
-    pw = mid != cin
-    params, macs = np.where(pw, cin * mid + 2 * mid, 0), np.where(pw, h * w * cin * mid, 0)
-    if stride == -2:
-        h, w = 2 * h, 2 * w
-    ho, wo = _out_size(h, k, max(stride, 1)), _out_size(w, k, max(stride, 1))
-    se_mid = _divisible(np.trunc(mid * 0.25), divisor)
-    params = params + mid * k2 + np.where(se, 2 * mid * se_mid + se_mid + mid, 0) + mid * cout + 2 * cout
-    macs = macs + ho * wo * mid * k2 + np.where(se, 2 * mid * se_mid, 0) + ho * wo * mid * cout
-    return params, macs, ho, wo
+def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index of each distinct row's first occurrence, each row's distinct index): a row key
+    built column by column, re-numbered after each so it stays small (many times faster than
+    ``np.unique(axis=0)``)."""
+    key = np.zeros(len(rows), dtype=np.int64)
+    for column in rows.T:
+        _, codes = np.unique(column, return_inverse=True)
+        _, key = np.unique(key * (codes.max() + 1) + codes, return_inverse=True)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return first, inverse.ravel()
 
 
 class BatchCost:
@@ -65,44 +47,55 @@ class BatchCost:
         self.columns = {p.name: j for j, p in enumerate(space.params)}
         self.config_refs = sorted({r for t in space._cost_templates.values() for r in _refs(t)})
         self._settings: dict[tuple[float, ...], dict[str, Any]] = {}
+        self._blocks: dict[tuple[str, tuple[float, ...]], tuple[int, int, int, int, int]] = {}
 
     def __call__(self, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         codes = np.atleast_2d(codes)
+        n = len(codes)
         values = {p.name: p.numbers(codes[:, j]) for j, p in enumerate(self.space.params)
                   if p.name in self.space.arch_names}
         s = self._settings_of(codes)
-        nc, na, div = s["num_classes"], s["num_anchors"], s["divisor"]
+        div = np.broadcast_to(s["divisor"], n)
         arch = self.space.arch_template
-        trunk_p, trunk_m, feat, h, w = self._stages(arch["trunk"], values, 3, s["h"], s["w"], div)
+        trunk_p, trunk_m, feat, h, w = self._stages(arch["trunk"], values, np.full(n, 3), s["h"], s["w"], div)
         rpn_p, rpn_m, rc, fh, fw = self._stages(arch["rpn"], values, feat, h, w, div)
-        rpn_p, rpn_m = rpn_p + rc * na * 5 + na * 5, rpn_m + fh * fw * rc * na * 5
         box_p, box_m, bc, _, _ = self._stages(arch["box_head"], values, feat, s["box_resolution"],
                                               s["box_resolution"], div)
-        predictor_p = bc * (nc + 1) + (nc + 1) + bc * 4 * nc + 4 * nc
-        predictor_m = bc * (nc + 1) + bc * 4 * nc
         mask_p, mask_m, mc, mh, mw = self._stages(arch["mask_head"], values, feat, s["mask_resolution"],
                                                   s["mask_resolution"], div)
-        mask_p, mask_m = mask_p + mc * nc + nc, mask_m + mh * mw * mc * nc
+        heads = head_costs(rc, fh, fw, bc, mc, mh, mw, s["num_classes"], s["num_anchors"])
+        rpn_p, rpn_m = rpn_p + heads["rpn"][0], rpn_m + heads["rpn"][1]
+        predictor_p, predictor_m = heads["box_predictor"]
+        mask_p, mask_m = mask_p + heads["mask_logits"][0], mask_m + heads["mask_logits"][1]
         params = trunk_p + rpn_p + box_p + predictor_p + mask_p
         mflops = (trunk_m / 1e6 + rpn_m / 1e6 + s["rois"] * ((box_m + predictor_m) / 1e6)
                   + s["mask_rois"] * (mask_m / 1e6))
-        n = len(codes)
         return np.broadcast_to(np.asarray(mflops, dtype=float), n).copy(), np.broadcast_to(params, n).astype(np.int64)
 
     def _stages(self, stages: list[list[tuple[Any, ...]]], values: Values, cin: Any, h: Any, w: Any,
-                divisor: Any) -> tuple[Any, Any, Any, Any, Any]:
-        """``stages_cost`` of templated stages: (params, multiply-adds, out channels, h, w)."""
+                divisor: np.ndarray) -> tuple[Any, Any, Any, Any, Any]:
+        """(params, multiply-adds, out channels, h, w) of templated stages, row by row."""
         params = macs = 0
+        n = len(divisor)
         for block in (b for stage in stages for b in stage):
-            kind, k, se, c, stride, n, e = (values[v.name] if isinstance(v, Ref) else v for v in block)
-            k, c, n, se = (np.asarray(x).astype(np.int64) for x in (k, c, n, se))
-            p1, m1, ho, wo = _single(kind, stride, k, se, c, e, cin, h, w, divisor)
-            params, macs = params + p1, macs + m1
-            if isinstance(block[5], Ref) or block[5] > 1:  # the repeats: stride 1, input = output
-                pr, mr, _, _ = _single(kind, 1, k, se, c, e, c, ho, wo, divisor)
-                params, macs = params + (n - 1) * pr, macs + (n - 1) * mr
-            cin, h, w = c, ho, wo
+            kind, *fields = block
+            columns = [np.broadcast_to(values[v.name] if isinstance(v, Ref) else v, n) for v in fields]
+            rows = np.stack(columns + [np.broadcast_to(x, n) for x in (cin, h, w, divisor)], axis=1).astype(float)
+            first, inverse = _distinct_rows(rows)
+            table = np.array([self._block(kind, tuple(k)) for k in rows[first].tolist()], dtype=np.int64)
+            p, m, cin, h, w = table[inverse].T
+            params, macs = params + p, macs + m
         return params, macs, cin, h, w
+
+    def _block(self, kind: str, key: tuple[float, ...]) -> tuple[int, int, int, int, int]:
+        """``stages_cost`` of one templated (possibly repeated) block: params, multiply-adds,
+        out channels, out h, out w; memoised, as the same combinations recur in every batch."""
+        found = self._blocks.get((kind, key))
+        if found is None:
+            spec = BlockSpec(kind, *(t(v) for t, v in zip(_FIELDS, key[:6])))
+            cost, cout, ho, wo = stages_cost(((spec,),), *(int(v) for v in key[6:9]), int(key[9]))
+            found = self._blocks[(kind, key)] = (cost.params, cost.macs, cout, ho, wo)
+        return found
 
     def _settings_of(self, codes: np.ndarray) -> dict[str, Any]:
         """``cost_settings`` per row (scalars when the space fixes them), ``input_size`` as h and w."""

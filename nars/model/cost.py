@@ -132,6 +132,19 @@ def stages_cost(stages: Sequence[Stage], cin: int, h: int, w: int, divisor: int,
     return total, cin, h, w
 
 
+def head_costs(rc: Any, fh: Any, fw: Any, bc: Any, mc: Any, mh: Any, mw: Any, num_classes: Any,
+               num_anchors: Any) -> dict[str, tuple[Any, Any]]:
+    """(params, multiply-adds) of the layers outside the blocks: the RPN's objectness and box
+    convs on its ``rc x fh x fw`` features, the box predictor on ``bc`` features, the mask
+    logits on ``mc x mh x mw``. Plain arithmetic, so numpy arrays work too (the batch cost)."""
+    return {
+        "rpn": (rc * num_anchors * 5 + num_anchors * 5, fh * fw * rc * num_anchors * 5),
+        "box_predictor": (bc * (num_classes + 1) + (num_classes + 1) + bc * 4 * num_classes + 4 * num_classes,
+                          bc * (num_classes + 1) + bc * 4 * num_classes),
+        "mask_logits": (mc * num_classes + num_classes, mh * mw * mc * num_classes),
+    }
+
+
 def model_cost(
     arch: ArchSpec,
     num_classes: int = 80,
@@ -157,16 +170,14 @@ def model_cost(
         trunk.add(cost)
     feat = cin
     rpn, rc, fh, fw = stages_cost(arch.rpn, feat, h, w, divisor, records["rpn"])
-    rpn.params += rc * num_anchors * 5 + num_anchors * 5
-    rpn.macs += fh * fw * rc * num_anchors * 5
-    rpn.activations += fh * fw * num_anchors * 5
     box, bc, _, _ = stages_cost(arch.box_head, feat, box_resolution, box_resolution, divisor, records["box_head"])
-    predictor_params = bc * (num_classes + 1) + (num_classes + 1) + bc * 4 * num_classes + 4 * num_classes
-    predictor_macs = bc * (num_classes + 1) + bc * 4 * num_classes
     mask, mc, mh, mw = stages_cost(arch.mask_head, feat, mask_resolution, mask_resolution, divisor,
                                    records["mask_head"])
-    mask.params += mc * num_classes + num_classes
-    mask.macs += mh * mw * mc * num_classes
+    heads = head_costs(rc, fh, fw, bc, mc, mh, mw, num_classes, num_anchors)
+    rpn.params, rpn.macs = rpn.params + heads["rpn"][0], rpn.macs + heads["rpn"][1]
+    rpn.activations += fh * fw * num_anchors * 5
+    predictor_params, predictor_macs = heads["box_predictor"]
+    mask.params, mask.macs = mask.params + heads["mask_logits"][0], mask.macs + heads["mask_logits"][1]
     mask.activations += mh * mw * num_classes
     params = {
         "trunk": trunk.params,
