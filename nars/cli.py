@@ -1,6 +1,8 @@
 """The ``nars`` command: one sub-command group per module in ``nars.commands``.
 
-User errors (``UserError``, bad arguments) print one line and exit with code 2.
+User errors (``UserError``, bad arguments) print one line and exit with code 2; SIGINT and
+SIGTERM stop a command with one line (and how to continue, where it can) and exit 128 + the
+signal's number.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from nars.commands import space as space_commands
 from nars.commands import train as train_commands
 from nars.commands import weights as weights_commands
 from nars.errors import UserError
+from nars.fileio import os_error_line
+from nars.interrupts import Interrupted, raising
 
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
 COMMAND_MODULES = (
@@ -55,13 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args) or 0)
+        with raising():
+            return int(args.run(args) or 0)
     except UserError as e:
         print(f"nars {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("nars: interrupted", file=sys.stderr)
-        return 130
+    except OSError as e:  # a full disk or permission error that no writer named (nars.fileio): still one line
+        line = os_error_line(e)
+        if line is None:
+            raise
+        print(f"nars {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as e:
+        stop = e if isinstance(e, Interrupted) else Interrupted()
+        then = f"; continue with: {stop.resume}" if stop.resume else ""
+        print(f"nars {args.command}: interrupted ({stop.name}){then}", file=sys.stderr)
+        return stop.exit_code
 
 
 if __name__ == "__main__":

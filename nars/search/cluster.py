@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -45,17 +47,26 @@ class ray_session:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no per-run banner tables: NARS prints its own progress
         # rung checkpoints of short trials come seconds apart: Tune's snapshot-frequency advice is noise here
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        # Tune's own SIGINT handler ends fit() normally, and the search carried on with a partial
+        # stage; without it Ctrl-C raises out of fit() (nars.interrupts), and nothing later runs
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         address = self.cfg["address"] or None
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
         if address is None:
             temp = Path(tempfile.gettempdir()) / f"nars-ray-{os.getpid()}"  # unix socket paths must stay short
             # trials exchange little data: a small object store keeps a laptop's memory for training
             kwargs.update(num_cpus=self.cfg["num_cpus"], _temp_dir=str(temp), object_store_memory=200 * 2**20)
+        main = threading.current_thread() is threading.main_thread()
+        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"ray.address {address or 'local'}: cannot connect ({first})") from None
+        finally:  # ray.init makes SIGTERM a sys.exit: the caller's handlers (nars.interrupts) come back
+            for s, handler in handlers.items():
+                if handler is not None:
+                    signal.signal(s, handler)
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -9,6 +9,7 @@ resumed run makes the same choices the uninterrupted one would have.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -22,6 +23,7 @@ from nars.deploy.latency import measure_latencies
 from nars.engine.trainer import train
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
+from nars.interrupts import Interrupted
 from nars.model.cost import config_cost
 from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint, read_checkpoint, resolve_weights
 from nars.search.budget import scale_schedule, stage_iterations
@@ -29,7 +31,7 @@ from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
-from nars.search.store import STORE_FILE, RunStore
+from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
 from nars.search.halving import milestones, survivors
 from nars.search.tensorboard_log import log_run
 from nars.search.trials import TrialSpec, run_trials
@@ -177,6 +179,10 @@ class Search:
         run_trials(self.store, specs, label=label, storage_path=storage_path(ray, self.run_dir),
                    cpus_per_trial=ray["cpus_per_trial"], gpus_per_trial=ray["gpus_per_trial"],
                    max_concurrent=ray["max_concurrent"], max_failures=ray["max_failures"], best=best)
+        now = {t["id"]: t for t in self.store.trials()}
+        unfinished = [s.id for s in specs if now[s.id]["status"] not in FINAL and (now[s.id]["reached"] or 0) < s.stop_at]
+        if unfinished:  # never decide, or start a later stage, on a partial one
+            raise self._partial(label, unfinished)
 
     def halve(self, round_index: int, label: str) -> None:
         """Stage 1's early stopping for one round: synchronous successive halving
@@ -208,19 +214,20 @@ class Search:
                     self.store.finish(t["id"], "pruned", t["metrics"], wall_time=t["wall_time"])
             log_run(self.run_dir)  # the pruned trials, in TensorBoard
 
-    def add(self, samples: list[Sample], stage: str, round_index: int) -> None:
-        """Store samples as pending trials of ``stage`` (id: candidate id + stage; known ids are
-        kept), with the cost of the model each trial trains (its config, pinned keys included)
-        and, with a latency predictor, its predicted latency."""
+    def add(self, samples: Mapping[str, list[Sample]], round_index: int) -> None:
+        """Store samples (by stage) as pending trials, in one transaction (id: candidate id +
+        stage; known ids are kept), with the cost of the model each trial trains (its config,
+        pinned keys included) and, with a latency predictor, its predicted latency."""
         rows = []
-        for s in samples:
-            cfg = self.trial_config(s.candidate, stage)
-            cost = config_cost(cfg)
-            model = self.space.latency_model
-            rows.append({"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
-                         "candidate": s.candidate, "mflops": cost.mflops["total"], "params": cost.params["total"],
-                         "latency_ms": None if model is None else model.predict_config(cfg),
-                         "max_iter": cfg["SOLVER"]["MAX_ITER"]})
+        for stage, stage_samples in samples.items():
+            for s in stage_samples:
+                cfg = self.trial_config(s.candidate, stage)
+                cost = config_cost(cfg)
+                model = self.space.latency_model
+                rows.append({"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
+                             "candidate": s.candidate, "mflops": cost.mflops["total"], "params": cost.params["total"],
+                             "latency_ms": None if model is None else model.predict_config(cfg),
+                             "max_iter": cfg["SOLVER"]["MAX_ITER"]})
         self.store.add_trials(rows)
 
     # -- stages -------------------------------------------------------------------------
@@ -236,7 +243,7 @@ class Search:
                     tried={t["candidate_id"] for t in warm + history},
                     pool_size=s1["pool_size"], explore=s1["explore"],
                 )
-                self.add(samples, "stage1", r)
+                self.add({"stage1": samples}, r)
             self.halve(r, f"stage 1 round {r + 1}/{s1['rounds']}")
             round_trials = self.store.trials(stage="stage1", round=r)
             if all(t["status"] == "failed" for t in round_trials):
@@ -263,10 +270,11 @@ class Search:
             incumbent = None if best is None else Sample(best["candidate"], best["candidate_id"], best["mflops"],
                                                          best["params"], best["latency_ms"])
             key = "latency_ms" if self.exp["stage2"]["objective"] == "latency" else "mflops"
-            self.add(_picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key), "verify", 0)
+            picks = {"verify": _picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key)}
             ref = self.space.references.get(v["reference"])
             if ref is not None:
-                self.add([Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))], "reference", 0)
+                picks["reference"] = [Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))]
+            self.add(picks, 0)  # one transaction: a kill leaves all of verification's trials or none
         pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
         self.run_pending(pending, "verification")
 
@@ -282,6 +290,16 @@ class Search:
         for t, r in zip(todo, results):
             self.store.set_measured_latency(t["id"], r.median_ms)
 
+    def _complete(self, *stages: str) -> None:
+        """The stages' trials all ended (done, failed or pruned): what runs next may use them."""
+        partial = [t["id"] for t in self.store.trials() if t["stage"] in stages and t["status"] not in FINAL]
+        if partial:
+            raise self._partial("/".join(stages), partial)
+
+    def _partial(self, what: str, trial_ids: list[str]) -> UserError:
+        return UserError(f"{what}: {len(trial_ids)} trial(s) did not finish ({', '.join(trial_ids[:3])}); the run "
+                         f"is kept: continue it with nars search --resume {self.run_dir}")
+
     def run(self, store: RunStore) -> None:
         self.store = store
         saved = self.run_dir / LATENCY_FILE
@@ -289,10 +307,12 @@ class Search:
             atomic_write_text(saved, json.dumps(self.latency_measurements) + "\n")
         self.store.set_meta("state", "stage1")
         self.stage1()
+        self._complete("stage1")
         self.store.set_meta("state", "stage2")
         front = self.stage2()
         self.store.set_meta("state", "verify")
         self.verify(front)
+        self._complete("verify", "reference")
         if self.space.latency_model is not None:
             self.store.set_meta("state", "latency")
             self.measure_verified()
@@ -329,41 +349,92 @@ def search(
     progress: bool = True,
 ) -> Path:
     """Run (or resume) a search; returns the run folder. Nothing is written before every
-    input has been checked; an existing run is only ever continued (``resume``)."""
-    if resume:
-        run_dir = Path(resume).resolve()
-        if not (run_dir / STORE_FILE).is_file() or not (run_dir / EXPERIMENT_FILE).is_file():
-            raise UserError(f"--resume {resume}: not a NARS run folder (no {STORE_FILE} / {EXPERIMENT_FILE})")
-        exp = json.loads((run_dir / EXPERIMENT_FILE).read_text())
-    else:
-        exp = load_experiment(experiment, overrides)
-        exp["workdir"] = os.getcwd()
-        if ray_address:
-            exp["ray"]["address"] = ray_address
-        run_dir = Path(out).resolve() if out else default_run_dir(exp).resolve()
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UserError(f"--out {run_dir} is not empty; pick a new folder, or continue it with --resume {run_dir}")
-    check_reachable(exp["ray"]["address"])
-    job = Search(copy.deepcopy(exp), run_dir, progress)
-    if not resume:  # what this run measures, and the earlier runs' trials it starts from (checked here)
-        ours = fingerprint(exp, job.space)
-        warm = warm_results(exp, job.space, lambda c: job.trial_config(c, "stage1")["SOLVER"]["MAX_ITER"], ours=ours)
-        if warm:
-            logger.info("warm start: %d measured trials from %s", len(warm), ", ".join(exp["stage1"]["warm_start"]))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")
-    store = RunStore(run_dir / STORE_FILE)
-    try:
+    input has been checked; an existing run is only ever continued (``resume``), by one
+    process at a time (``RunLock``). SIGINT or SIGTERM (``nars.interrupts``) stop it at once:
+    the interrupted trials are left pending, nothing later runs, and ``Interrupted`` says how to
+    resume, which then makes exactly the decisions the uninterrupted run makes."""
+    with contextlib.ExitStack() as held:
         if resume:
-            requeued = store.requeue_interrupted()
-            logger.info("resuming %s: %d interrupted trial(s) will run again", run_dir, requeued)
+            run_dir = Path(resume).resolve()
+            where = f"--resume {resume}"
+            open_run(run_dir, where=where).close()  # a run, intact, before its lock file is touched
+            held.enter_context(RunLock(run_dir, where))
+            exp = _stored_experiment(run_dir, where)
         else:
-            store.set_meta("experiment", exp)
-            store.set_meta("seed", exp["seed"])
-            store.set_meta(FINGERPRINT_KEY, ours)
-            store.set_meta("warm_results", warm)
-        with ray_session(exp["ray"]):
-            job.run(store)
+            exp = load_experiment(experiment, overrides)
+            exp["workdir"] = os.getcwd()
+            if ray_address:
+                exp["ray"]["address"] = ray_address
+            run_dir = Path(out).resolve() if out else default_run_dir(exp).resolve()
+            where = f"--out {run_dir}"
+            _check_new(run_dir)
+        check_reachable(exp["ray"]["address"])
+        job = Search(copy.deepcopy(exp), run_dir, progress)
+        if resume:
+            store = open_run(run_dir, write=True, where=where)
+            logger.info("resuming %s: %d interrupted trial(s) will run again", run_dir, store.requeue_interrupted())
+        else:  # what this run measures, and the earlier runs' trials it starts from (checked here)
+            ours = fingerprint(exp, job.space)
+            warm = warm_results(exp, job.space, lambda c: job.trial_config(c, "stage1")["SOLVER"]["MAX_ITER"],
+                                ours=ours)
+            if warm:
+                logger.info("warm start: %d measured trials from %s", len(warm), ", ".join(exp["stage1"]["warm_start"]))
+            run_dir.mkdir(parents=True, exist_ok=True)
+            held.enter_context(RunLock(run_dir, where))
+            _check_new(run_dir)  # again, holding the lock: a search started beside this one may have claimed it
+            store = RunStore(run_dir / STORE_FILE)
+            store.set_metas({"experiment": exp, "seed": exp["seed"], FINGERPRINT_KEY: ours, "warm_results": warm})
+            _write_experiment(run_dir, exp)
+        held.callback(store.close)
+        try:
+            with ray_session(exp["ray"]):
+                job.run(store)
+        except Interrupted as e:
+            store.requeue_interrupted()  # the trials it stopped wait, pending, for the resume
+            raise Interrupted(e.signum, f"nars search --resume {run_dir}") from None
+    return run_dir
+
+
+def _check_new(run_dir: Path) -> None:
+    """A new run's folder is absent or empty (its lock file aside)."""
+    if run_dir.exists() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        raise UserError(f"--out {run_dir} is not empty; pick a new folder, or continue it with --resume {run_dir}")
+
+
+def _stored_experiment(run_dir: Path, where: str) -> dict[str, Any]:
+    """The experiment a run started with, checked against ``RUN/experiment.json``: an edited
+    file is refused (the run's stored seeds, rounds and decisions belong to the stored one)."""
+    store = open_run(run_dir, where=where)
+    try:
+        stored = store.get_meta("experiment")
     finally:
         store.close()
-    return run_dir
+    path = run_dir / EXPERIMENT_FILE
+    if not path.exists():  # a run stopped between its store and this file: the store's copy is the run's
+        _write_experiment(run_dir, stored)
+    try:
+        on_disk = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{where}: cannot read {path} ({e})") from None
+    key = first_difference(stored, on_disk)
+    if key is not None:
+        raise UserError(f"{where}: {path} was changed at {key or 'its top level'} since the run started; a run "
+                        "resumes only with the experiment it started with: restore it, or start a new run")
+    return stored
+
+
+def _write_experiment(run_dir: Path, exp: Mapping[str, Any]) -> None:
+    atomic_write_text(run_dir / EXPERIMENT_FILE, json.dumps(exp, indent=2) + "\n")
+
+
+def first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
+    """The first dotted key at which two JSON values differ ("" for the values themselves), or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted({*a, *b}):
+            if k not in a or k not in b:
+                return f"{prefix}{k}"
+            found = first_difference(a[k], b[k], f"{prefix}{k}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b and type(a) is type(b) else prefix.rstrip(".")

@@ -13,8 +13,7 @@ from nars.config import dump, load_config
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.model.weights import FINAL_WEIGHTS
-from nars.search.fronts import open_store
-from nars.search.store import STORE_FILE
+from nars.search.store import STORE_FILE, open_run
 
 ONNX_FILE = "model.onnx"
 
@@ -39,7 +38,7 @@ def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: fl
            onnx: bool = False) -> dict[str, Any]:
     """Write ``out/config.yaml``, ``out/model_final.pth`` and ``out/summary.json``; with
     ``onnx`` also ``out/model.onnx``, whose check against PyTorch goes into the summary."""
-    store = open_store(run_dir)
+    store = open_run(run_dir)
     try:
         trials = store.trials()
         experiment = store.get_meta("experiment")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from nars.search.pareto import pareto_mask, plot_front
-from nars.search.store import STORE_FILE, RunStore
+from nars.search.store import open_run
 from nars.errors import UserError
 
 # The choices a table shows beside the metrics (when the candidate has them).
@@ -39,16 +39,10 @@ def cost_of(row: dict[str, Any], x: str) -> float | None:
     return row["measured_latency_ms"] if row["measured_latency_ms"] is not None else row["latency_ms"]
 
 
-def open_store(run_dir: Path) -> RunStore:
-    if not (run_dir / STORE_FILE).is_file():
-        raise UserError(f"{run_dir}: no {STORE_FILE} here, not a NARS run folder")
-    return RunStore(run_dir / STORE_FILE)
-
-
 def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     """``measured``: the non-dominated verified trials (segm AP up, cost ``x`` down);
     ``predicted``: stage 2's front; ``reference``; ``trials``: every measured trial."""
-    store = open_store(run_dir)
+    store = open_run(run_dir)
     try:
         trials = [t for t in store.trials() if t["status"] in ("done", "pruned") and t["metrics"]]
         predicted = store.get_meta("stage2_front") or []

@@ -20,9 +20,9 @@ from typing import Any, Callable, Sequence
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.search.export import pick
-from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, open_store, series
+from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, series
 from nars.search.pareto import plot_front
-from nars.search.store import STATUSES
+from nars.search.store import STATUSES, open_run
 
 REFRESH_S = 30  # how often a live page reloads itself when nobody said
 MIN_TAU_POINTS = 3  # Kendall's tau of fewer pairs says nothing (two points: always +-1)
@@ -174,7 +174,7 @@ def _winner(run_dir: Path, trials: list[dict[str, Any]]) -> tuple[dict[str, Any]
 def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any]]:
     """The page and a summary of the run (``state``, ``counts`` by status)."""
     run_dir = Path(run_dir)
-    store = open_store(run_dir)
+    store = open_run(run_dir)
     try:
         trials = store.trials()
         experiment = store.get_meta("experiment") or {}

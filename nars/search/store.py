@@ -4,16 +4,22 @@ One row per trial (candidate, status, metric history, final metrics, costs, wall
 error; for a trial paused between rungs of successive halving, the iteration it reached and
 its checkpoint in Ray's storage) plus a key/value table for the resolved experiment, seeds,
 stage progress and the early-stopping decisions.
-Only the search driver writes; readers (``nars pareto``, notebooks) may open it any time.
+Only the search driver writes, holding the run's lock (``RunLock``); readers (``nars
+pareto``, ``report``, ``export``, notebooks) open it read-only any time. Every command opens a
+run folder through ``open_run``, which refuses a folder that is not a run or whose store is
+damaged before anything reads or writes it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
@@ -22,6 +28,11 @@ from nars.errors import UserError
 STATUSES = ("pending", "running", "done", "failed", "pruned")
 FINAL = ("done", "failed", "pruned")
 STORE_FILE = "nars.sqlite"
+LOCK_FILE = "nars.lock"
+# PRAGMA user_version of the store's layout: 1 lacked the _ADDED_COLUMNS (and the number), 2 has them
+SCHEMA_VERSION = 2
+# meta rows a search writes (in one transaction) before its first trial: a store without them never started
+START_META = ("experiment", "seed")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -56,25 +67,41 @@ _ADDED_COLUMNS = (("latency_ms", "REAL"), ("measured_latency_ms", "REAL"), ("rea
 
 
 class RunStore:
-    """Read/write access to a run's SQLite store."""
+    """Access to a run's SQLite store: read-only, or read/write (creating or upgrading the
+    schema). Commands open it through ``open_run``; this class alone does not check it."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        present = {row[1] for row in self.db.execute("PRAGMA table_info(trials)")}
-        for name, kind in _ADDED_COLUMNS:
-            if name not in present:
-                self.db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path, self.readonly = Path(path), readonly
+        try:
+            if readonly:  # never creates, migrates or writes the file
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                          isolation_level=None)
+                return
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            with self.db:
+                self.db.executescript(_SCHEMA)
+                present = {row[1] for row in self.db.execute("PRAGMA table_info(trials)")}
+                for name, kind in _ADDED_COLUMNS:
+                    if name not in present:
+                        self.db.execute(f"ALTER TABLE trials ADD COLUMN {name} {kind}")
+                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a readable NARS store ({e})") from None
 
     def close(self) -> None:
         self.db.close()
 
     # -- meta -------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        self.set_metas({key: value})
+
+    def set_metas(self, values: Mapping[str, Any]) -> None:
+        """Several meta rows in one transaction: a kill leaves all of them or none."""
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                [(k, json.dumps(v)) for k, v in values.items()])
 
     def get_meta(self, key: str, default: Any = None) -> Any:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -188,7 +215,85 @@ def _decode(row: dict[str, Any]) -> dict[str, Any]:
     for column in _JSON_COLUMNS:
         if row.get(column) is not None:
             row[column] = json.loads(row[column])
+    for name, kind in _ADDED_COLUMNS:  # a version-1 store read as it is (read-only opens never migrate)
+        row.setdefault(name, 0 if "DEFAULT 0" in kind else None)
     return row
+
+
+def open_run(run_dir: str | Path, *, write: bool = False, where: str = "") -> RunStore:
+    """The store of a run folder, checked whole before anything reads it: a NARS store
+    (``PRAGMA quick_check``, the schema version, the meta rows a search starts with).
+    Read-only unless ``write`` (the search driver, which holds the ``RunLock``). A folder that
+    is not a run, or a damaged store, is a UserError naming the file, and nothing is written.
+    ``where``: what names the folder in errors (an option such as ``--resume RUN``)."""
+    run_dir = Path(run_dir)
+    where = where or str(run_dir)
+    path = run_dir / STORE_FILE
+    if not path.is_file():
+        raise UserError(f"{where}: not a NARS run folder (no {STORE_FILE})")
+    if path.stat().st_size == 0:
+        raise UserError(f"{where}: {path} is empty (0 bytes; a crash or a full disk leaves that): "
+                        "the run's results are gone, start a new run")
+    store = RunStore(path, readonly=True)
+    try:
+        problem = _damage(store)
+    except sqlite3.DatabaseError as e:
+        problem = str(e)
+    if problem:
+        store.close()
+        raise UserError(f"{where}: {path} is damaged ({problem}); nothing was read or written")
+    if write:
+        store.close()
+        store = RunStore(path)
+    return store
+
+
+def _damage(store: RunStore) -> str | None:
+    """What is wrong with a store opened read-only, or None."""
+    check = [row[0] for row in store.db.execute("PRAGMA quick_check")]
+    if check != ["ok"]:
+        return "; ".join(check[:3])
+    version = store.db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        return f"its schema version is {version}, written by a newer NARS; this one reads up to {SCHEMA_VERSION}"
+    tables = {row[0] for row in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not {"meta", "trials"} <= tables:
+        return "it has no NARS tables"
+    keys = {row[0] for row in store.db.execute("SELECT key FROM meta")}
+    missing = [k for k in START_META if k not in keys]
+    return f"no {', '.join(missing)} in its meta table: the search never started" if missing else None
+
+
+class RunLock:
+    """An exclusive OS lock (``flock``) on ``RUN/nars.lock`` for as long as a search writes the
+    run. The OS drops it when the process dies, however it dies, so a crash never leaves a
+    stale lock; the file names the holder for the one-line refusal a second search gets."""
+
+    def __init__(self, run_dir: str | Path, where: str = ""):
+        self.path, self.where = Path(run_dir) / LOCK_FILE, where or str(run_dir)
+        self.fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"{self.where}: cannot create {self.path} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 400, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"{self.where} is in use by {holder}; wait for it to end (or stop it) first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"nars search (pid {os.getpid()} on {socket.gethostname()}, since "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # releases the lock; the file stays (removing it would race a new holder)
+            self.fd = None
 
 
 def measured_trials(run_dir: str | Path) -> pd.DataFrame:
@@ -201,10 +306,7 @@ def measured_trials(run_dir: str | Path) -> pd.DataFrame:
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """A run as DataFrames: ``trials`` (one row per trial, final metrics as columns),
     ``history`` (one row per intermediate report) and ``meta``."""
-    path = Path(run_dir) / STORE_FILE
-    if not path.is_file():
-        raise UserError(f"{run_dir}: no {STORE_FILE} here, not a NARS run folder")
-    store = RunStore(path)
+    store = open_run(run_dir)
     try:
         rows = store.trials()
         meta = pd.read_sql_query("SELECT key, value FROM meta", store.db)

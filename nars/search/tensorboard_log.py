@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from nars.fileio import atomic_write_text
-from nars.search.fronts import open_store
-from nars.search.store import FINAL
+from nars.search.store import FINAL, open_run
 
 TENSORBOARD_DIR = "tensorboard"
 _STAMP = ".updated"
@@ -97,7 +96,7 @@ def log_run(run_dir: Path) -> int:
     """(Re)write every finished trial whose folder is missing or older than its store row (a
     run searched before this existed, a latency measured after the trial finished); returns
     how many were written."""
-    store = open_store(Path(run_dir))
+    store = open_run(Path(run_dir))
     try:
         trials = store.trials(status=FINAL)
     finally:

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -38,7 +37,7 @@ from nars.config import CONFIG_SCHEMA, load_config, set_key
 from nars.errors import UserError
 from nars.model.weights import named_checkpoint, resolve_weights
 from nars.search.stage1 import METRIC
-from nars.search.store import STORE_FILE
+from nars.search.store import open_run
 from search_spaces import SearchSpace, load_space
 
 FINGERPRINT_KEY = "fingerprint"  # the run's meta key the driver stores ``fingerprint`` under
@@ -135,25 +134,14 @@ def difference(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str | None
 def _read_run(run_dir: Path, where: str) -> tuple[dict[str, Any], dict[str, Any] | None, list[dict[str, Any]]]:
     """(experiment, stored fingerprint or None, measured trials) of a run folder, opened
     read-only (the run may be running, or belong to someone else)."""
-    path = run_dir / STORE_FILE
-    if not path.is_file():
-        raise UserError(f"{where}: not a NARS run folder (no {STORE_FILE})")
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    store = open_run(run_dir, where=where)
     try:
-        meta = {k: json.loads(v) for k, v in db.execute("SELECT key, value FROM meta")}
-        rows = db.execute("SELECT id, candidate_id, stage, status, candidate, metrics, mflops, params, max_iter "
-                          "FROM trials WHERE status IN ('done', 'pruned') ORDER BY rowid").fetchall()
-    except sqlite3.DatabaseError as e:
-        raise UserError(f"{where}: cannot read {path} ({e})") from None
+        experiment, stored = store.get_meta("experiment"), store.get_meta(FINGERPRINT_KEY)
+        trials = store.trials(status=("done", "pruned"))
     finally:
-        db.close()
-    if "experiment" not in meta:
-        raise UserError(f"{where}: not a NARS search run (its store holds no experiment)")
+        store.close()
     names = ("id", "candidate_id", "stage", "status", "candidate", "metrics", "mflops", "params", "max_iter")
-    trials = [dict(zip(names, r)) for r in rows]
-    for t in trials:
-        t["candidate"], t["metrics"] = json.loads(t["candidate"]), json.loads(t["metrics"] or "null")
-    return meta["experiment"], meta.get(FINGERPRINT_KEY), [t for t in trials if METRIC in (t["metrics"] or {})]
+    return experiment, stored, [{k: t[k] for k in names} for t in trials if METRIC in (t["metrics"] or {})]
 
 
 def warm_results(
