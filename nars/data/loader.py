@@ -13,12 +13,16 @@ shard (sizes differ by at most one), so gathered results cover the set without d
 
 Neither loader draws from the caller's torch generator, so evaluating during training does not
 change the training run.
+
+A dataset's UserError reaches the caller as the same one line with loader workers as without
+(``Loader``), not wrapped in torch's "Caught UserError in DataLoader worker" and a traceback.
 """
 
 from __future__ import annotations
 
 import itertools
 import random
+from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -26,9 +30,51 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from nars.errors import UserError
 
-def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]]]) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Images and targets as lists: detection models take images of different sizes."""
+
+@dataclass(frozen=True)
+class _Failed:
+    """A UserError raised while loading a sample, carried to the main process as data: torch
+    re-raises a worker's exception with the worker's traceback in its message, and a dataset
+    error must read the same one line with workers as without."""
+
+    message: str
+
+
+class _Guarded(Dataset):
+    """``dataset[key]``, or ``_Failed`` with the message of the UserError it raised."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.dataset[key]
+        except UserError as e:
+            return _Failed(str(e))
+
+
+class Loader(DataLoader):
+    """A DataLoader over a ``_Guarded`` dataset that raises a sample's UserError in the main
+    process, as it was raised."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for batch in super().__iter__():
+            if isinstance(batch, _Failed):
+                raise UserError(batch.message)
+            yield batch
+
+
+def collate(batch: Sequence[tuple[torch.Tensor, dict[str, Any]] | _Failed]) -> Any:
+    """Images and targets as lists (detection models take images of different sizes); a
+    sample's ``_Failed`` instead, for ``Loader`` to raise."""
+    failed = next((item for item in batch if isinstance(item, _Failed)), None)
+    if failed is not None:
+        return failed
     images, targets = zip(*batch)
     return list(images), list(targets)
 
@@ -105,13 +151,13 @@ def build_train_loader(dataset: Dataset, batch_size: int, num_workers: int, *, s
     replicas, rank = _world(distributed)
     sampler = TrainSampler(len(dataset), seed=seed, num_replicas=replicas, rank=rank,  # type: ignore[arg-type]
                            start=start_iter * batch_size)
-    return DataLoader(SeededItems(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
-                      num_workers=num_workers, collate_fn=collate, worker_init_fn=_seed_worker,
-                      generator=torch.Generator().manual_seed(_seed(seed, rank)))
+    return Loader(_Guarded(SeededItems(dataset)), batch_size=batch_size, sampler=sampler, drop_last=True,
+                  num_workers=num_workers, collate_fn=collate, worker_init_fn=_seed_worker,
+                  generator=torch.Generator().manual_seed(_seed(seed, rank)))
 
 
 def build_test_loader(dataset: Dataset, batch_size: int, num_workers: int, distributed: bool) -> DataLoader:
     """One ordered pass over this process's shard of ``dataset``."""
     sampler = ShardSampler(len(dataset), *_world(distributed))  # type: ignore[arg-type]
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      collate_fn=collate, worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(0))
+    return Loader(_Guarded(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                  collate_fn=collate, worker_init_fn=_seed_worker, generator=torch.Generator().manual_seed(0))
