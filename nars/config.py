@@ -74,7 +74,9 @@ DEFAULTS: dict[str, Any] = {
         "CROP": {"ENABLED": False, "TYPE": "relative_range", "SIZE": [0.9, 0.9]},
     },
     "TEST": {"DETECTIONS_PER_IMAGE": 100, "EVAL_PERIOD": 0},
-    "DATASETS": {"TRAIN": {"JSON": "", "IMAGES": ""}, "TEST": {"JSON": "", "IMAGES": ""}},
+    # ALLOW_OUTSIDE_IMAGES: a JSON's file_name may leave its image folder (../, absolute); off, such a JSON is refused.
+    "DATASETS": {"TRAIN": {"JSON": "", "IMAGES": ""}, "TEST": {"JSON": "", "IMAGES": ""},
+                 "ALLOW_OUTSIDE_IMAGES": False},
     "DATALOADER": {"NUM_WORKERS": 2},
     # The training recipe (nars.engine.solver); values of d2go's mask_rcnn_fbnetv3a_dsmask_C4.
     "SOLVER": {

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                       help="the image folder its file_names are relative to; given, the dataset is also loaded "
                            "as training reads it (missing images, dropped boxes and masks)")
     info.add_argument("--json", action="store_true", help="print one JSON object (the statistics under 'stats')")
+    info.add_argument("--allow-outside-images", action="store_true",
+                      help="accept file_names that leave IMAGES (../, absolute), as DATASETS.ALLOW_OUTSIDE_IMAGES does")
     info.set_defaults(run=run_info)
 
 
@@ -49,7 +51,8 @@ def run_shapes(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    dataset = CocoInstances(args.json_path, args.images) if args.images else None
+    dataset = (CocoInstances(args.json_path, args.images, allow_outside_images=args.allow_outside_images)
+               if args.images else None)
     stats = dataset_stats(args.json_path)
     info = {"stats": stats.as_dict()}
     if dataset is not None:

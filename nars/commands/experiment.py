@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="cores to plan for (default: this machine's, %(default)s)")
     new.add_argument("--out", required=True, metavar="FILE", help="the experiment YAML to write")
     new.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    new.add_argument("--allow-outside-images", action="store_true",
+                     help="accept file_names that leave IMAGES (../, absolute); pins DATASETS.ALLOW_OUTSIDE_IMAGES")
     new.set_defaults(run=run_new)
 
 
@@ -47,7 +49,8 @@ def run_new(args: argparse.Namespace) -> int:
     parent = str(Path(args.parent).resolve()) if args.parent and Path(args.parent).exists() else args.parent
     text = new_experiment(Split(*map(Path, args.train)), Split(*map(Path, args.val)), cpus=args.cpus,
                           name=args.name or out.stem, parent=parent, parent_arch=args.parent_arch,
-                          max_mflops=args.max_mflops, max_params=args.max_params)
+                          max_mflops=args.max_mflops, max_params=args.max_params,
+                          allow_outside_images=args.allow_outside_images)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, text)
     print(f"wrote {out}; check it, then: nars search {out}")

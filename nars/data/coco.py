@@ -13,8 +13,12 @@
   dropped), then flips along the axes ``INPUT.RANDOM_FLIP`` names, each at p=0.5 on its own.
   Randomness comes from torch's default generator (``nars.data.loader`` seeds it per sample).
 - Input mistakes are UserErrors naming the file: a missing JSON or image folder, malformed
-  JSON, an entry that is not COCO, an image entry whose file does not exist (checked when the
-  dataset is built, with ``os.path``).
+  JSON, an entry that is not COCO, NaN or Inf in a ``bbox`` or ``segmentation`` (naming the
+  annotation), an image entry whose file does not exist (checked when the dataset is built,
+  with ``os.path``), a ``file_name`` that leaves the image folder (``../``, absolute) unless
+  ``allow_outside_images`` (``DATASETS.ALLOW_OUTSIDE_IMAGES``).
+- Images are read by ``nars.data.images.read_rgb`` (images over 8 bits scaled by their own
+  range; a decompression bomb is a UserError).
 - A corrupt or unreadable image (or one whose size differs from the JSON) found at load time
   is skipped: a warning names it, ``skipped`` grows (per process: each DataLoader worker
   counts its own) and the next image in the dataset is returned instead. Only a dataset in
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -38,10 +43,10 @@ from typing import Any, Literal, Mapping
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 from torch.utils.data import Dataset
 
+from nars.data.images import UnreadableImage, read_rgb
 from nars.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -159,7 +164,35 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not (isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("categories"), list)
             and isinstance(data.get("annotations", []), list)):
         raise UserError(f"{path}: not a COCO instances file (needs lists 'images', 'annotations', 'categories')")
+    for ann in data.get("annotations", []):
+        for field in ("bbox", "segmentation"):
+            bad = _non_finite(ann.get(field)) if isinstance(ann, dict) else None
+            if bad is not None:
+                raise UserError(f"{path}: annotation {ann.get('id')}: {field} holds {bad}; coordinates must be finite")
     return data
+
+
+def _non_finite(value: Any) -> float | None:
+    """The first NaN or Inf in a number or nested lists of numbers, else None. Why: Python's
+    JSON reader accepts NaN, Infinity and overflowing literals (1e999); in a box they reach
+    training as a NaN loss blamed on the learning rate, in a polygon pycocotools rasterises
+    until memory runs out. Other odd values are left to the parser."""
+    if isinstance(value, list):
+        try:
+            if math.isfinite(sum(value)):  # fast path: a flat list of numbers (bbox, one polygon)
+                return None
+        except TypeError:  # lists of polygons, or not numbers
+            pass
+        return next((bad for v in value if (bad := _non_finite(v)) is not None), None)
+    return value if isinstance(value, float) and not math.isfinite(value) else None
+
+
+def _leaves_folder(file_name: str) -> bool:
+    """Whether a file_name points outside its image folder (absolute, or up through ``..``),
+    judged on the text alone (symlinks are not followed). Why: a JSON from elsewhere must not
+    make training read arbitrary files unless the config says so."""
+    name = os.path.normpath(file_name)
+    return os.path.isabs(name) or name.split(os.sep)[0] == os.pardir
 
 
 def _to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any] | None:
@@ -182,8 +215,9 @@ class CocoInstances(Dataset):
     """
 
     def __init__(self, json_path: str | Path, image_dir: str | Path, *, flip: str = "horizontal",
-                 flip_prob: float = 0.0, crop: RandomCrop | None = None):
+                 flip_prob: float = 0.0, crop: RandomCrop | None = None, allow_outside_images: bool = False):
         self.json_path, self.image_dir = Path(json_path), Path(image_dir)
+        self.allow_outside_images = allow_outside_images
         self.flip_dims, self.flip_prob, self.crop = _flip_dims(flip), flip_prob, crop
         data = _read_json(self.json_path)
         if not self.image_dir.is_dir():
@@ -219,6 +253,10 @@ class CocoInstances(Dataset):
         self._records = [self._record(img, by_image[img["id"]]) for img in data["images"]]
 
     def _record(self, img: Mapping[str, Any], anns: list[dict[str, Any]]) -> _Record:
+        if not self.allow_outside_images and _leaves_folder(img["file_name"]):
+            raise UserError(f"{self.json_path}: image {img['id']}: file_name {img['file_name']!r} leaves the image "
+                            f"folder {self.image_dir}; set DATASETS.ALLOW_OUTSIDE_IMAGES true (or "
+                            "--allow-outside-images) to allow it")
         path = os.path.join(self.image_dir, img["file_name"])
         if not os.path.isfile(path):
             raise UserError(f"{path}: image file not found (image {img['id']} of {self.json_path})")
@@ -262,9 +300,8 @@ class CocoInstances(Dataset):
 
     def _load_image(self, record: _Record) -> torch.Tensor | None:
         try:
-            with Image.open(record.path) as im:
-                rgb = ImageOps.exif_transpose(im).convert("RGB")
-        except (OSError, SyntaxError, ValueError) as e:
+            rgb = read_rgb(record.path)
+        except UnreadableImage as e:
             problem = f"unreadable ({e})"
         else:
             if rgb.size == (record.width, record.height):
@@ -306,4 +343,5 @@ def dataset_from_config(cfg: Mapping[str, Any], split: Literal["TRAIN", "TEST"],
             raise UserError(f"DATASETS.{split}.{key} is not set; it needs a COCO instances JSON and its image folder "
                             "(`nars data shapes OUT` makes OUT/train.json with OUT/train, OUT/val.json with OUT/val)")
     return CocoInstances(entry["JSON"], entry["IMAGES"], flip=cfg["INPUT"]["RANDOM_FLIP"],
-                         flip_prob=TRAIN_FLIP_PROB if train else 0.0, crop=crop_from_config(cfg) if train else None)
+                         flip_prob=TRAIN_FLIP_PROB if train else 0.0, crop=crop_from_config(cfg) if train else None,
+                         allow_outside_images=cfg["DATASETS"]["ALLOW_OUTSIDE_IMAGES"])

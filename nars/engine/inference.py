@@ -9,7 +9,8 @@ dataset JSON when that file exists, else they are ``class 1..C`` with ids 1..C.
 
 Inputs are files, or folders whose image files (by suffix, not recursive) are taken in
 name order. A missing input is an error before anything is written; an image that cannot
-be decoded is skipped with a warning and counted.
+be decoded is skipped with a warning and counted. Images are read as training reads them
+(``nars.data.images.read_rgb``: images over 8 bits scaled by their own range).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageFont
 
+from nars.data.images import UnreadableImage, read_rgb
 from nars.engine.distributed import device_for, to_device
 from nars.engine.evaluator import instances_to_coco
 from nars.engine.loading import checkpoint_categories, load_run_weights
@@ -108,15 +110,6 @@ def draw_overlay(image: Image.Image, output: Mapping[str, torch.Tensor], names: 
     return canvas
 
 
-def read_rgb(path: Path) -> Image.Image | None:
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as e:
-        logger.warning("%s: unreadable image (%s); skipped", path, e)
-        return None
-
-
 _read_rgb = read_rgb  # the name the d2go golden folder's compare_nars.py imports
 
 
@@ -182,8 +175,10 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
     used: set[str] = set()
     summary = PredictionSummary(0, 0, 0, 0.0)
     for image_id, path in enumerate(paths, start=1):
-        image = read_rgb(path)
-        if image is None:
+        try:
+            image = read_rgb(path)
+        except UnreadableImage as e:
+            logger.warning("%s: unreadable image (%s); skipped", path, e)
             summary.skipped += 1
             continue
         start = time.perf_counter()

@@ -248,7 +248,8 @@ def _flag(value: Any, flag: str, otherwise: str) -> Derived:
 
 
 def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: str = "", parent_arch: str = "",
-                   max_mflops: float | None = None, max_params: int | None = None) -> str:
+                   max_mflops: float | None = None, max_params: int | None = None,
+                   allow_outside_images: bool = False) -> str:
     """The experiment file's text for ``nars search``, derived from the two splits and ``cpus`` cores."""
     stats = {"train": split_stats(train), "val": split_stats(val)}
     space = FINETUNE_SPACE if parent else SPACE
@@ -258,8 +259,12 @@ def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: st
         raise UserError(f"{val.json}: categories {list(stats['val'].classes)} differ from {train.json}'s "
                         f"{list(stats['train'].classes)}")
     for split in (train, val):  # loads as training will read it; last, as the loader logs a summary line
-        CocoInstances(split.json, split.images)
+        CocoInstances(split.json, split.images, allow_outside_images=allow_outside_images)
     size = input_size(stats["train"])
+    config = _data_config(stats, size)
+    if allow_outside_images:
+        config["DATASETS.ALLOW_OUTSIDE_IMAGES"] = Derived(True, "from --allow-outside-images: file_names may "
+                                                                "leave the image folders")
     batch, max_iter = _recipe(EXPERIMENT_DEFAULTS["verify"]["reference"])
     b = budget(cpus, size.pixels, batch, max_iter, EXPERIMENT_DEFAULTS["stage1"]["rounds"],
                EXPERIMENT_DEFAULTS["verify"]["top_k"])
@@ -274,7 +279,7 @@ def new_experiment(train: Split, val: Split, *, cpus: int, name: str, parent: st
                                 + ("; fine-tuning recipes, for the parent" if parent else "")
                                 + "; config below replaces its shapes-specific keys"),
         "base_config": Derived(BASE_CONFIG, "the quick space's reference, FBNetV3_A_dsmask"),
-        "config": _data_config(stats, size),
+        "config": config,
         "constraints": {
             "max_mflops": _flag(max_mflops, "max-mflops", "no limit"),
             "max_params": _flag(max_params, "max-params", "no limit"),
