@@ -220,7 +220,7 @@ def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
     foreign = sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
     if foreign:  # a bug here, not the user's: stock onnxruntime could not run the file
         raise RuntimeError(f"export used non-standard ONNX ops: {', '.join(foreign)}")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue(), "the ONNX model")
 
 
 _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,

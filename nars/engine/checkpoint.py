@@ -44,8 +44,8 @@ class Checkpointer:
     def save(self, name: str, checkpoint: Mapping[str, Any]) -> Path:
         """Write ``name`` atomically, point ``last_checkpoint`` at it, drop old periodic files."""
         path = self.directory / name
-        atomic_torch_save(path, dict(checkpoint))
-        atomic_write_text(self.directory / LAST, name)
+        atomic_torch_save(path, dict(checkpoint), "the checkpoint")
+        atomic_write_text(self.directory / LAST, name, "the pointer to the last checkpoint")
         periodic = sorted(p for p in self.directory.iterdir() if _PERIODIC.match(p.name))
         for old in periodic[: max(0, len(periodic) - self.max_to_keep)]:
             old.unlink(missing_ok=True)

@@ -16,9 +16,10 @@ from typing import Mapping
 
 from torch.utils.tensorboard import SummaryWriter
 
-from nars.fileio import atomic_write_text
+from nars.fileio import atomic_write_text, writing
 
 METRICS_FILE = "metrics.jsonl"
+_METRICS, _EVENTS = "the metrics", "the TensorBoard events"
 
 
 def read_metrics(directory: str | Path) -> list[dict]:
@@ -36,25 +37,35 @@ def read_metrics(directory: str | Path) -> list[dict]:
 
 
 class EventWriter:
-    """Writes scalars of an iteration to both sinks; main process only."""
+    """Writes scalars of an iteration to both sinks; main process only. A full disk is a
+    UserError naming the file (TensorBoard's writer thread re-raises its errors in ``flush``)."""
 
     def __init__(self, directory: str | Path, start_iter: int = 0):
         self.directory = Path(directory)
+        self._metrics = self.directory / METRICS_FILE
         if start_iter > 0:
             kept = [r for r in read_metrics(self.directory) if r.get("iteration", 0) < start_iter]
-            atomic_write_text(self.directory / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in kept))
-        self._jsonl = open(self.directory / METRICS_FILE, "a", encoding="utf-8")
-        self._tensorboard = SummaryWriter(str(self.directory), purge_step=start_iter or None)
+            atomic_write_text(self._metrics, "".join(json.dumps(r) + "\n" for r in kept), _METRICS)
+        with writing(self._metrics, _METRICS):
+            self._jsonl = open(self._metrics, "a", encoding="utf-8")
+        with writing(self.directory, _EVENTS):
+            self._tensorboard = SummaryWriter(str(self.directory), purge_step=start_iter or None)
 
     def write(self, iteration: int, scalars: Mapping[str, float | None]) -> None:
         values = {k: v for k, v in scalars.items() if v is not None}
-        self._jsonl.write(json.dumps({"iteration": iteration, **values}) + "\n")
-        self._jsonl.flush()
-        for name, value in values.items():
-            if math.isfinite(value):
-                self._tensorboard.add_scalar(name, value, iteration)
-        self._tensorboard.flush()
+        with writing(self._metrics, _METRICS):
+            self._jsonl.write(json.dumps({"iteration": iteration, **values}) + "\n")
+            self._jsonl.flush()
+        with writing(self.directory, _EVENTS):
+            for name, value in values.items():
+                if math.isfinite(value):
+                    self._tensorboard.add_scalar(name, value, iteration)
+            self._tensorboard.flush()
 
     def close(self) -> None:
-        self._jsonl.close()
-        self._tensorboard.close()
+        try:
+            with writing(self._metrics, _METRICS):
+                self._jsonl.close()
+        finally:
+            with writing(self.directory, _EVENTS):
+                self._tensorboard.close()

@@ -34,7 +34,7 @@ from nars.engine.distributed import device_for, to_device
 from nars.engine.evaluator import instances_to_coco
 from nars.engine.loading import checkpoint_categories, load_run_weights
 from nars.errors import UserError
-from nars.fileio import atomic_write_bytes, atomic_write_text
+from nars.fileio import atomic_write_bytes, atomic_write_text, make_dirs
 from nars.model.fbnetv3is import FBNetV3IS, build_model
 from nars.model.fuse import fuse_for_inference
 from nars.model.transform import binary_masks
@@ -170,7 +170,7 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
     categories = read_categories(cfg, weights)
     label_to_id = {label: c["id"] for label, c in enumerate(categories, start=1)}
     names = [c["name"] for c in categories]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dirs(out_dir, "the --out folder")
     results: list[dict[str, Any]] = []
     used: set[str] = set()
     summary = PredictionSummary(0, 0, 0, 0.0)
@@ -189,8 +189,8 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
         for entry in instances_to_coco(output, image_id, label_to_id):
             results.append({**entry, "file_name": str(path)})
         overlay = draw_overlay(image, output, names)
-        atomic_write_bytes(out_dir / _overlay_name(path, used), _png_bytes(overlay))
-    atomic_write_text(out_dir / PREDICTIONS_FILE, json.dumps(results) + "\n")
+        atomic_write_bytes(out_dir / _overlay_name(path, used), _png_bytes(overlay), "the overlay")
+    atomic_write_text(out_dir / PREDICTIONS_FILE, json.dumps(results) + "\n", "the predictions")
     return summary
 
 

@@ -49,7 +49,7 @@ from nars.engine.events import EventWriter
 from nars.engine.loading import load_resume_state, load_start_weights
 from nars.engine.solver import GradientClipper, WarmupLR, build_gradient_clipper, build_lr_scheduler, build_optimizer
 from nars.errors import UserError
-from nars.fileio import atomic_write_text
+from nars.fileio import atomic_write_text, make_dirs
 from nars.model.fbnetv3is import FBNetV3IS, build_model
 from nars.model.weights import read_checkpoint
 
@@ -306,7 +306,7 @@ class Trainer:
             self.save(FINAL, self.max_iter - 1)
         metrics = self.evaluate(self.max_iter - 1)
         if metrics is not None and comm.is_main_process():
-            atomic_write_text(run.out_dir / EVAL_FILE, json.dumps(metrics, indent=2) + "\n")
+            atomic_write_text(run.out_dir / EVAL_FILE, json.dumps(metrics, indent=2) + "\n", "the final evaluation")
         comm.barrier()
         return metrics
 
@@ -362,10 +362,11 @@ def train(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool = False, 
     comm.barrier()  # every process has checked everything before anything is written
     writer = None
     if comm.is_main_process():
-        run.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run.out_dir / CONFIG_FILE, dump(run.cfg))
+        make_dirs(run.out_dir, "the run folder")
+        atomic_write_text(run.out_dir / CONFIG_FILE, dump(run.cfg), "the resolved config")
         if run.start_weights is not None:
-            atomic_write_text(run.out_dir / START_WEIGHTS_FILE, json.dumps(run.start_weights, indent=2) + "\n")
+            atomic_write_text(run.out_dir / START_WEIGHTS_FILE, json.dumps(run.start_weights, indent=2) + "\n",
+                              "the start weights' report")
         writer = EventWriter(run.out_dir, run.start_iter)
     try:
         return Trainer(run, writer, progress=progress, on_eval=on_eval).train(stop_at)
