@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -29,16 +31,26 @@ C4 = NAMED_CHECKPOINTS["fbnetv3a-c4 coco"]
 
 class _Handler(SimpleHTTPRequestHandler):
     """Serves the zoo folder; ``lies[path] = n`` claims n bytes more than the file has,
-    ``slow[path] = s`` waits s seconds before answering."""
+    ``slow[path] = s`` waits s seconds before answering, ``moved[path] = url`` redirects
+    there, ``trickle[path] = s`` sends the headers and 64 kB, then a kilobyte every s seconds."""
 
     lies: dict[str, int]
     slow: dict[str, float]
+    moved: dict[str, str]
+    trickle: dict[str, float]
 
     def log_message(self, *args) -> None:
         pass
 
     def do_GET(self) -> None:
         time.sleep(self.slow.get(self.path, 0))
+        if self.path in self.moved:
+            self.send_response(302)
+            self.send_header("Location", self.moved[self.path])
+            self.end_headers()
+            return None
+        if self.path in self.trickle:
+            return self._trickle(Path(self.directory, self.path.lstrip("/")).read_bytes(), self.trickle[self.path])
         if self.path not in self.lies:
             return super().do_GET()
         body = Path(self.directory, self.path.lstrip("/")).read_bytes()
@@ -47,6 +59,28 @@ class _Handler(SimpleHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)  # HTTP/1.0: the connection closes here, short of the length
 
+    def _trickle(self, body: bytes, pause: float) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        try:
+            self.wfile.write(body[: 1 << 16])
+            for start in range(1 << 16, len(body), 1024):
+                time.sleep(pause)
+                self.wfile.write(body[start : start + 1024])
+        except OSError:  # the client went away
+            pass
+
+
+def _serve(root: Path) -> tuple[ThreadingHTTPServer, SimpleNamespace]:
+    """An HTTP server for ``root`` on 127.0.0.1 (a free port), and its handler's settings."""
+    handler = type("Handler", (_Handler,), {"lies": {}, "slow": {}, "moved": {}, "trickle": {}})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    return server, SimpleNamespace(base=base, lies=handler.lies, slow=handler.slow, moved=handler.moved,
+                                   trickle=handler.trickle)
+
 
 @pytest.fixture
 def zoo(tmp_path, monkeypatch):
@@ -54,14 +88,10 @@ def zoo(tmp_path, monkeypatch):
     NARS_WEIGHTS_DIR pointing at it and at an empty (not yet created) weights folder."""
     root, weights = tmp_path / "zoo", tmp_path / "weights"
     root.mkdir()
-    handler = type("Handler", (_Handler,), {"lies": {}, "slow": {}})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(handler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv(MODEL_ZOO_URL_ENV, base)
+    server, settings = _serve(root)
+    monkeypatch.setenv(MODEL_ZOO_URL_ENV, settings.base)
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(weights))
-    yield SimpleNamespace(root=root, base=base, weights=weights, lies=handler.lies, slow=handler.slow)
+    yield SimpleNamespace(root=root, weights=weights, **vars(settings))
     server.shutdown()
     server.server_close()
 
@@ -197,3 +227,57 @@ def test_bad_name_and_bad_mirror_url(zoo, monkeypatch, capsys):
     monkeypatch.setenv(MODEL_ZOO_URL_ENV, "/srv/d2go-mirror")
     assert main(["weights", "download", "FBNetV3a-DSMask-C4 COCO"]) == 2
     assert f"{MODEL_ZOO_URL_ENV}='/srv/d2go-mirror': not an http://" in _error(capsys)
+
+
+def test_a_redirect_to_another_host_is_followed_and_said(zoo, tmp_path, capsys):
+    """The zoo's server (one port) redirects to a storage server (another port: another host)."""
+    storage_root = tmp_path / "storage"
+    served = _publish(SimpleNamespace(root=storage_root), DSMASK, _d2go_checkpoint("FBNetV3_A_dsmask"))
+    storage, settings = _serve(storage_root)
+    try:
+        target = f"{settings.base}/{DSMASK.zoo_path}"
+        zoo.moved[f"/{DSMASK.zoo_path}"] = target
+        assert main(["weights", "download", "FBNetV3a-DSMask-C4 COCO"]) == 0
+    finally:
+        storage.shutdown()
+        storage.server_close()
+    out, err = capsys.readouterr()
+    zoo_host, storage_host = zoo.base.removeprefix("http://"), settings.base.removeprefix("http://")
+    assert (f"{zoo.base}/{DSMASK.zoo_path}: the model zoo's host {zoo_host} redirects to another host, "
+            f"{storage_host} ({target}); following it") in err
+    assert f"from {zoo.base}/{DSMASK.zoo_path} (redirected to {target})" in out
+    assert _files(zoo.weights) == {DSMASK.filename: served.read_bytes()}
+
+
+def test_an_unsafe_checkpoint_is_refused_without_torchs_advice(zoo, capsys):
+    """torch's refusal suggests weights_only=False (or allowlisting the class): never repeated."""
+    _publish(zoo, DSMASK, {**_d2go_checkpoint("FBNetV3_A_dsmask"), "args": argparse.Namespace(lr=0.1)})
+    assert main(["weights", "download", "FBNetV3a-DSMask-C4 COCO"]) == 2
+    line = _error(capsys)
+    assert line == (f"nars weights: error: {zoo.base}/{DSMASK.zoo_path}: not a readable PyTorch checkpoint (not a "
+                    "valid or safe one: Unsupported global: GLOBAL argparse.Namespace; NARS loads only tensors and "
+                    "plain containers, never code)"), line
+    assert not re.search(r"weights.only|trust|safe_globals|\x1b", line) and _files(zoo.weights) == {}
+
+
+def test_sigterm_during_a_download_leaves_no_part_file(zoo, tmp_path):
+    """A download the test started itself (its own Popen), from a server sending 1 kB at a time."""
+    _publish(zoo, DSMASK, _d2go_checkpoint("FBNetV3_A_dsmask"))
+    zoo.trickle[f"/{DSMASK.zoo_path}"] = 0.05
+    proc = subprocess.Popen([sys.executable, "-m", "nars.cli", "weights", "download", "FBNetV3a-DSMask-C4 COCO"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.endswith(".part") for p in _folder_files(zoo.weights)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, err
+    assert _files(zoo.weights) == {}
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    return list(folder.iterdir()) if folder.is_dir() else []

@@ -10,7 +10,7 @@ from typing import Any
 
 from nars.engine.console import setup_logging
 from nars.model.weights import NAMED_CHECKPOINTS, WEIGHTS_DIR_ENV, weights_dir
-from nars.model.zoo import DEFAULT_TIMEOUT, MODEL_ZOO_URL_ENV, download, lookup, zoo_url
+from nars.model.zoo import DEFAULT_TIMEOUT, MODEL_ZOO_URL_ENV, download, host, lookup, zoo_url
 
 
 def _names() -> str:
@@ -52,7 +52,8 @@ def run_download(args: argparse.Namespace) -> int:
               "(--force downloads it again)")
         return 0
     env = "" if folder.resolve() == weights_dir().resolve() else f" with {WEIGHTS_DIR_ENV}={folder}"
-    print(f"{result.path}: {entry.name!r} from {result.url} ({_mb(result.size)}), loads whole into {entry.arch} "
+    away = f" (redirected to {result.source})" if host(result.source) != host(result.url) else ""
+    print(f"{result.path}: {entry.name!r} from {result.url}{away} ({_mb(result.size)}), loads whole into {entry.arch} "
           f"(80 classes); use it{env} as MODEL.WEIGHTS '{entry.name}'")
     return 0
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,11 +112,31 @@ def resolve_weights(value: str) -> tuple[Path, str | None]:
     return path, named.arch
 
 
+_TORCH_ADVICE = re.compile(r"weights.only|trust|check the documentation|file an issue", re.IGNORECASE)
+
+
+def _refusal(error: Exception) -> str | None:
+    """What torch's weights-only unpickler refused (``Unsupported global: GLOBAL x.Y``), without
+    the advice around it: torch suggests ``weights_only=False`` or allowlisting the global,
+    either of which would let the file run code. None when ``error`` is not such a refusal."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch colours its advice
+    if not re.search(r"weights.only", text, re.IGNORECASE):
+        return None
+    details = (re.split(r" was not an allowed global|\. Please use", line)[0].strip().rstrip(".")
+               for line in text.split("WeightsUnpickler error:", 1)[-1].splitlines())
+    return next((d for d in details if d and not _TORCH_ADVICE.search(d)), "objects beyond tensors and containers")
+
+
 def read_checkpoint(path: Path) -> Mapping[str, Any]:
-    """``torch.load(weights_only=True)``; anything else is refused with the file's name."""
+    """``torch.load(weights_only=True)``; anything else is refused with the file's name (and
+    never with torch's advice to load it unsafely)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        refused = _refusal(e)
+        if refused is not None:
+            raise UserError(f"{path}: not a readable PyTorch checkpoint (not a valid or safe one: {refused}; NARS "
+                            "loads only tensors and plain containers, never code)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     if not isinstance(ckpt, Mapping):

@@ -8,7 +8,8 @@ folder, is checked against Content-Length, read with ``torch.load(weights_only=T
 loaded into the architecture its name implies, every tensor with its shape (the EMA copy
 too, when there is one); only then is it renamed to the file name ``resolve_weights``
 expects. Any failure is a one-line ``UserError`` naming the URL, and leaves no file behind
-and an earlier good file as it was.
+and an earlier good file as it was. A redirect to another host is followed, with a warning
+naming both (``_SayWhenRedirectedAway`` says why).
 """
 
 from __future__ import annotations
@@ -17,20 +18,20 @@ import http.client
 import logging
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import Any, BinaryIO, Mapping
 
 from tqdm import tqdm
 
 from nars.config import load_config
 from nars.engine.loading import check_fit
 from nars.errors import UserError
+from nars.fileio import atomic_writer, make_dirs
 from nars.model.fbnetv3is import build_model
 from nars.model.weights import (
     NAMED_CHECKPOINTS,
@@ -59,6 +60,7 @@ class Download:
     url: str
     fetched: bool
     size: int
+    source: str = ""  # the URL the bytes came from, after redirects ("": not fetched)
 
 
 def lookup(name: str) -> NamedCheckpoint:
@@ -93,10 +95,41 @@ def verify(path: Path, entry: NamedCheckpoint, source: str) -> None:
         raise UserError(str(e).replace(str(path), source)) from None
 
 
+def host(url: str) -> str:
+    """``host:port`` of an http(s) URL (the scheme's port when none is given); "" for file://."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return f"{parts.hostname}:{port}" if parts.hostname else ""
+
+
+class _SayWhenRedirectedAway(urllib.request.HTTPRedirectHandler):
+    """Follows redirects as urllib does, with a warning for each one that leaves the zoo's host.
+
+    Followed, not refused: mirrors and CDNs redirect to storage hosts by design (GitHub
+    releases, S3 regions), and a redirect cannot make NARS run code or keep a wrong file, as
+    the file is kept only when it loads with ``weights_only=True`` into its architecture,
+    every tensor's shape checked. d2go publishes no checksums, so where the bytes come from is
+    said (here, and in ``Download.source``)."""
+
+    def __init__(self, origin: str):
+        super().__init__()
+        self.origin, self.seen = origin, {origin}
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        target = host(newurl)
+        if new is not None and target not in self.seen:
+            self.seen.add(target)
+            logger.warning("%s: the model zoo's host %s redirects to another host, %s (%s); following it",
+                           req.full_url, self.origin, target, newurl)
+        return new
+
+
 def _open(url: str, timeout: float, final: Path) -> http.client.HTTPResponse:
     request = urllib.request.Request(url, headers={"User-Agent": "nars"})
     try:
-        return urllib.request.urlopen(request, timeout=timeout)
+        return urllib.request.build_opener(_SayWhenRedirectedAway(host(url))).open(request, timeout=timeout)
     except urllib.error.HTTPError as e:
         e.close()
         hint = f" (no such file in the model zoo; is {MODEL_ZOO_URL_ENV} right?)" if e.code == 404 else ""
@@ -148,24 +181,14 @@ def download(name: str, folder: str | Path | None = None, force: bool = False, t
         return Download(final, url, fetched=False, size=final.stat().st_size)
     logger.info("downloading %s", url)
     with _open(url, timeout, final) as response:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=folder)
-        except OSError as e:
-            raise UserError(f"{folder}: cannot write the weights folder ({e.strerror or e}); "
-                            f"choose another with --dir or {WEIGHTS_DIR_ENV}") from None
-        try:
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    size = _stream(response, url, out, progress)
-                    out.flush()
-                    os.fsync(out.fileno())
-            except OSError as e:  # the network's errors are UserErrors already: this is the disk
-                raise UserError(f"{folder}: cannot write {entry.filename} ({e.strerror or e})") from None
+        source = response.geturl()
+
+        def check(tmp: Path) -> None:
             logger.info("checking that it loads whole into %s", entry.arch)
-            verify(Path(tmp), entry, url)
-            os.replace(tmp, final)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    return Download(final, url, fetched=True, size=size)
+            verify(tmp, entry, url)
+
+        make_dirs(folder, f"the weights folder (--dir or {WEIGHTS_DIR_ENV} chooses another)")
+        # a hidden .part file: removed on any error, Ctrl-C and SIGTERM (nars.interrupts) included
+        with atomic_writer(final, f"the download of {entry.name!r}", suffix=".part", check=check) as out:
+            size = _stream(response, url, out, progress)
+    return Download(final, url, fetched=True, size=size, source=source)
