@@ -32,7 +32,7 @@ from nars.commands import train as train_commands
 from nars.commands import weights as weights_commands
 from nars.errors import UserError
 from nars.fileio import os_error_line
-from nars.interrupts import Interrupted, raising
+from nars.interrupts import Interrupted, raising, stopped
 
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
 COMMAND_MODULES = (
@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nars {args.command}: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        stop = e if isinstance(e, Interrupted) else Interrupted()
+        stop = e if isinstance(e, Interrupted) else stopped(e)
         then = f"; continue with: {stop.resume}" if stop.resume else ""
         print(f"nars {args.command}: interrupted ({stop.name}){then}", file=sys.stderr)
         return stop.exit_code

@@ -36,8 +36,19 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
+_received: list[int] = []  # the signals this process received, for ``stopped``
+
+
 def _raise(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def stopped(e: KeyboardInterrupt, resume: str = "") -> Interrupted:
+    """``e`` as the ``Interrupted`` of the signal that raised it (libraries such as Ray re-raise
+    a plain KeyboardInterrupt of their own), with the command that continues the work."""
+    signum = e.signum if isinstance(e, Interrupted) else (_received[-1] if _received else signal.SIGINT)
+    return Interrupted(signum, resume)
 
 
 def install() -> None:

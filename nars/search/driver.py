@@ -23,7 +23,7 @@ from nars.deploy.latency import measure_latencies
 from nars.engine.trainer import train
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
-from nars.interrupts import Interrupted
+from nars.interrupts import stopped
 from nars.model.cost import config_cost
 from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint, read_checkpoint, resolve_weights
 from nars.search.budget import scale_schedule, stage_iterations
@@ -389,9 +389,9 @@ def search(
         try:
             with ray_session(exp["ray"]):
                 job.run(store)
-        except Interrupted as e:
+        except KeyboardInterrupt as e:
             store.requeue_interrupted()  # the trials it stopped wait, pending, for the resume
-            raise Interrupted(e.signum, f"nars search --resume {run_dir}") from None
+            raise stopped(e, f"nars search --resume {run_dir}") from None
     return run_dir
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,10 @@ def pick(trials: list[dict[str, Any]], trial_id: str | None, max_mflops: float |
 def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: float | None = None,
            onnx: bool = False) -> dict[str, Any]:
     """Write ``out/config.yaml``, ``out/model_final.pth`` and ``out/summary.json``; with
-    ``onnx`` also ``out/model.onnx``, whose check against PyTorch goes into the summary."""
+    ``onnx`` also ``out/model.onnx``, whose check against PyTorch goes into the summary.
+    The checkpoint must load whole into the trial's model; everything is written into a
+    hidden folder beside ``out`` that becomes ``out`` at the end, so a failure (a damaged
+    checkpoint, a full disk, Ctrl-C) leaves no ``out`` and nothing that blocks the retry."""
     store = open_run(run_dir)
     try:
         trials = store.trials()
@@ -51,12 +56,12 @@ def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: fl
     weights = trial_dir / FINAL_WEIGHTS
     if not weights.is_file():
         raise UserError(f"{weights} is missing (was the run's trials folder moved?)")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} is not empty")
     cfg = load_config(trial_dir / "config.yaml")
+    _check_weights(cfg, weights)
     cfg["OUTPUT_DIR"] = str(out / "retrain")
     cfg["SOLVER"]["CHECKPOINT_PERIOD"] = max(1, cfg["SOLVER"]["MAX_ITER"] // 5)  # the trial kept only the final one
-    out.mkdir(parents=True, exist_ok=True)
     summary = {
         "id": trial["candidate_id"], "trial": trial["id"], "stage": trial["stage"], "metrics": trial["metrics"],
         "mflops": trial["mflops"], "params": trial["params"], "iterations": trial["max_iter"],
@@ -64,13 +69,38 @@ def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: fl
         "provenance": {"run": str(run_dir), "store": str(run_dir / STORE_FILE), "experiment": experiment,
                        "space": experiment["space"] if experiment else None},
     }
-    tmp = out / f".{FINAL_WEIGHTS}.tmp"
-    shutil.copyfile(weights, tmp)
-    tmp.replace(out / FINAL_WEIGHTS)
-    atomic_write_text(out / "config.yaml", dump(cfg))
-    if onnx:
-        from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        shutil.copyfile(weights, staging / FINAL_WEIGHTS)
+        atomic_write_text(staging / "config.yaml", dump(cfg))
+        if onnx:
+            from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
 
-        summary["onnx"] = export_checked(cfg, str(out / FINAL_WEIGHTS), out / ONNX_FILE).to_dict()
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+            # checked on the staged files; the graph is the same wherever it lies
+            summary["onnx"] = export_checked(cfg, str(staging / FINAL_WEIGHTS), staging / ONNX_FILE).to_dict()
+        atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
+        staging.chmod(0o777 & ~_umask())
+        if out.is_dir():
+            out.rmdir()  # empty (checked above); rename needs it gone
+        staging.rename(out)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write the export ({e.strerror or e}: {e.filename or staging})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return summary
+
+
+def _check_weights(cfg: dict[str, Any], weights: Path) -> None:
+    """The trial's checkpoint loads whole into its model (a truncated or foreign file is refused)."""
+    from nars.engine.loading import load_run_weights
+    from nars.model.fbnetv3is import build_model
+
+    load_run_weights(build_model(cfg), str(weights), cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
+
+
+def _umask() -> int:
+    """The process's umask (mkdtemp makes 0700 folders; an export is shared as any folder is)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
