@@ -4,17 +4,24 @@ decisions at any concurrency.
 The cluster is started as users start one: ``ray start --head`` (no CPUs, so every trial runs
 on the other node) and ``ray start --address`` for a worker node with its own temp folder, both
 on 127.0.0.1, stopped at the end. Trials reach the run only through Ray's storage.
+
+Other Ray clusters may run on the same machine: every port is one the OS just gave out (none of
+Ray's defaults, such as the client server's 10001), and the tests signal only processes they
+started: the nodes' process groups, and a trial's worker found below the worker node's
+``ray start`` (Ray's state API would need the dashboard, which minimal Ray lacks).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -69,13 +76,24 @@ def _stop(node: subprocess.Popen) -> None:
             continue
 
 
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    worker: subprocess.Popen  # the worker node's ``ray start``: every trial runs below it
+
+
+# OS-assigned ports (0) where Ray takes them, free ones where it wants a number
+_NODE_PORTS = ["--min-worker-port", "0", "--max-worker-port", "0", "--dashboard-agent-listen-port", "0"]
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """A head (0 CPUs) and a 2-CPU worker node on 127.0.0.1; yields the address."""
+    """A head (0 CPUs) and a 2-CPU worker node on 127.0.0.1."""
     port = _free_port()
     # unix socket paths must stay short: not under pytest's long tmp paths
     head_tmp, worker_tmp = tempfile.mkdtemp(prefix="nars-h-"), tempfile.mkdtemp(prefix="nars-w-")
-    head = _node(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false"], head_tmp)
+    head = _node(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
+                  "--ray-client-server-port", str(_free_port()), *_NODE_PORTS], head_tmp)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -83,22 +101,24 @@ def cluster():
             break
         except OSError:
             time.sleep(0.5)
-    worker = _node(["--address", f"127.0.0.1:{port}", "--num-cpus", "2"], worker_tmp)
+    worker = _node(["--address", f"127.0.0.1:{port}", "--num-cpus", "2", *_NODE_PORTS], worker_tmp)
     time.sleep(5)
     try:
         assert head.poll() is None and worker.poll() is None, (head.stderr.read() + worker.stderr.read())[-2000:]
-        yield f"127.0.0.1:{port}"
+        yield Cluster(f"127.0.0.1:{port}", worker)
     finally:
         _stop(worker)
         _stop(head)
+        for temp in (head_tmp, worker_tmp):
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_a_search_on_a_cluster_keeps_its_trials_through_ray_storage(cluster, tmp_path):
     storage = tmp_path / "ray-storage"  # what every node must share (an NFS mount or s3://... in real use)
     exp = _experiment(tmp_path, **{"stage1.rounds": 1, "ray.storage_path": str(storage)})
     run = tmp_path / "run"
-    done = subprocess.run([*NARS, "search", str(exp), "--out", str(run), "--ray-address", cluster], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run([*NARS, "search", str(exp), "--out", str(run), "--ray-address", cluster.address],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     trials = _trials(run)
     assert {t["stage"] for t in trials} == {"stage1", "verify", "reference"}
@@ -117,18 +137,43 @@ def test_a_search_on_a_cluster_keeps_its_trials_through_ray_storage(cluster, tmp
     assert '"segm"' in evaluated.stdout
 
 
-def _trial_processes() -> list[int]:
-    """Pids of the processes running a trial (Ray titles its workers ``ray::ImplicitFunc...``)."""
-    out = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def _descendants(root: int) -> list[int]:
+    """Pids of every process below ``root`` (from Linux's /proc: ppid is the 4th field of
+    ``/proc/PID/stat``, after the parenthesised command, which may hold spaces)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [root]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
+def _trial_processes(node: subprocess.Popen) -> list[int]:
+    """Pids of the processes running a trial on ``node`` (a ``ray start`` this module started;
+    its raylet titles a trial's worker ``ray::ImplicitFunc...``)."""
+    pids = []
+    for pid in _descendants(node.pid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ImplicitFunc"):
+                pids.append(pid)
+        except OSError:
+            continue
+    return pids
 
 
 def test_a_trial_whose_worker_dies_is_retried_not_failed(cluster, tmp_path):
     exp = _experiment(tmp_path, **{"stage1.rounds": 1, "stage1.max_iter": 40, "stage1.early_stop":
                                    {"grace_period": 40, "reduction_factor": 2}, "ray.max_concurrent": 1})
     run = tmp_path / "run"
-    proc = subprocess.Popen([*NARS, "search", str(exp), "--out", str(run), "--ray-address", cluster], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*NARS, "search", str(exp), "--out", str(run), "--ray-address", cluster.address],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     killed = None
     deadline = time.time() + 300
     while killed is None and time.time() < deadline and proc.poll() is None:
@@ -136,7 +181,7 @@ def test_a_trial_whose_worker_dies_is_retried_not_failed(cluster, tmp_path):
         if not (run / "nars.sqlite").is_file():
             continue
         reporting = [t for t in _trials(run) if t["stage"] == "stage1" and t["history"] and t["status"] == "running"]
-        pids = _trial_processes()
+        pids = _trial_processes(cluster.worker)
         if reporting and len(pids) == 1:
             os.kill(pids[0], signal.SIGKILL)  # the trial's process, mid-training
             killed = reporting[0]["id"]
