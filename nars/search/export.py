@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from nars.config import dump, load_config
 from nars.errors import UserError
-from nars.fileio import atomic_write_text
+from nars.fileio import atomic_write_text, make_dirs, writing
 from nars.model.weights import FINAL_WEIGHTS
 from nars.search.store import STORE_FILE, open_run
 
@@ -69,25 +68,24 @@ def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: fl
         "provenance": {"run": str(run_dir), "store": str(run_dir / STORE_FILE), "experiment": experiment,
                        "space": experiment["space"] if experiment else None},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    make_dirs(out.parent, "the export's parent folder")
+    staging = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
     try:
-        shutil.copyfile(weights, staging / FINAL_WEIGHTS)
-        atomic_write_text(staging / "config.yaml", dump(cfg))
-        if onnx:
-            from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
+        with writing(out, "the export"):
+            staging.mkdir(0o777)  # less the umask, as any folder (mkdtemp would make it 0700)
+            shutil.copyfile(weights, staging / FINAL_WEIGHTS)
+            atomic_write_text(staging / "config.yaml", dump(cfg))
+            if onnx:
+                from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
 
-            # checked on the staged files; the graph is the same wherever it lies
-            summary["onnx"] = export_checked(cfg, str(staging / FINAL_WEIGHTS), staging / ONNX_FILE).to_dict()
-        atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
-        staging.chmod(0o777 & ~_umask())
-        if out.is_dir():
-            out.rmdir()  # empty (checked above); rename needs it gone
-        staging.rename(out)
-    except OSError as e:
-        raise UserError(f"--out {out}: cannot write the export ({e.strerror or e}: {e.filename or staging})") from None
+                # checked on the staged files; the graph is the same wherever it lies
+                summary["onnx"] = export_checked(cfg, str(staging / FINAL_WEIGHTS), staging / ONNX_FILE).to_dict()
+            atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
+            if out.is_dir():
+                out.rmdir()  # empty (checked above); the rename needs it gone
+            staging.rename(out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; whatever a failure left
     return summary
 
 
@@ -98,9 +96,3 @@ def _check_weights(cfg: dict[str, Any], weights: Path) -> None:
 
     load_run_weights(build_model(cfg), str(weights), cfg["MODEL"]["WEIGHTS_EMA"], complete=True)
 
-
-def _umask() -> int:
-    """The process's umask (mkdtemp makes 0700 folders; an export is shared as any folder is)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
