@@ -32,7 +32,7 @@ LOCK_FILE = "nars.lock"
 # PRAGMA user_version of the store's layout: 1 lacked the _ADDED_COLUMNS (and the number), 2 has them
 SCHEMA_VERSION = 2
 # meta rows a search writes (in one transaction) before its first trial: a store without them never started
-START_META = ("experiment", "seed")
+START_META = ("experiment",)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
