@@ -150,3 +150,26 @@ def atomic_save_png(path: str | Path, fig: Any, what: str = "the plot") -> None:
     fig.savefig(buffer, format="png")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue(), what)
+
+
+@contextmanager
+def staged_folder(path: str | Path, what: str, *, beside: str | Path | None = None,
+                  replace: bool = False) -> Iterator[Path]:
+    """A new hidden folder (in ``beside``, default ``path``'s parent) that the block fills and
+    that becomes ``path`` when the block ends without error: ``path`` must then be absent or an
+    empty folder, or with ``replace`` is removed first. On any error the folder is removed, so
+    nothing half-written is left to block a retry; its mode is 0o777 less the umask, as any
+    folder's. Disk-full and permission errors are one UserError naming ``path`` and ``what``."""
+    path = Path(path)
+    tmp = Path(beside if beside is not None else path.parent) / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    try:
+        with writing(path, what):
+            tmp.mkdir(0o777)
+            yield tmp
+            if replace:
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.is_dir():
+                path.rmdir()  # empty, or an OSError: never over anything
+            tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

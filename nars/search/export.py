@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import secrets
 import shutil
 from pathlib import Path
 from typing import Any
 
 from nars.config import dump, load_config
 from nars.errors import UserError
-from nars.fileio import atomic_write_text, make_dirs, writing
+from nars.fileio import atomic_write_text, make_dirs, staged_folder
 from nars.model.weights import FINAL_WEIGHTS
 from nars.search.store import STORE_FILE, open_run
 
@@ -69,23 +68,15 @@ def export(run_dir: Path, out: Path, trial_id: str | None = None, max_mflops: fl
                        "space": experiment["space"] if experiment else None},
     }
     make_dirs(out.parent, "the export's parent folder")
-    staging = out.parent / f".{out.name}.{secrets.token_hex(4)}.tmp"
-    try:
-        with writing(out, "the export"):
-            staging.mkdir(0o777)  # less the umask, as any folder (mkdtemp would make it 0700)
-            shutil.copyfile(weights, staging / FINAL_WEIGHTS)
-            atomic_write_text(staging / "config.yaml", dump(cfg))
-            if onnx:
-                from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
+    with staged_folder(out, "the export") as staging:
+        shutil.copyfile(weights, staging / FINAL_WEIGHTS)
+        atomic_write_text(staging / "config.yaml", dump(cfg))
+        if onnx:
+            from nars.deploy.onnx import export_checked  # onnx and onnxruntime load only when asked
 
-                # checked on the staged files; the graph is the same wherever it lies
-                summary["onnx"] = export_checked(cfg, str(staging / FINAL_WEIGHTS), staging / ONNX_FILE).to_dict()
-            atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
-            if out.is_dir():
-                out.rmdir()  # empty (checked above); the rename needs it gone
-            staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)  # gone after the rename; whatever a failure left
+            # checked on the staged files; the graph is the same wherever it lies
+            summary["onnx"] = export_checked(cfg, str(staging / FINAL_WEIGHTS), staging / ONNX_FILE).to_dict()
+        atomic_write_text(staging / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -19,12 +19,10 @@ row it was written from, so ``log_run`` rewrites only what changed since.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from nars.fileio import atomic_write_text
+from nars.fileio import atomic_write_text, make_dirs, staged_folder
 from nars.search.store import FINAL, open_run
 
 TENSORBOARD_DIR = "tensorboard"
@@ -63,28 +61,23 @@ def log_trial(run_dir: Path, trial: Mapping[str, Any]) -> None:
     from tensorboard.plugins.hparams.summary_v2 import hparams_pb
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-    root = Path(run_dir) / TENSORBOARD_DIR
-    root.mkdir(exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{trial['id']}.", dir=root.parent))  # outside the logdir's runs
+    root = make_dirs(Path(run_dir) / TENSORBOARD_DIR, "the TensorBoard folder")
+    final = root / trial["id"]
     try:
-        tmp.chmod(0o755)  # as a plain mkdir would make it
-        writer = EventFileWriter(str(tmp))
-        start, end = trial["created"], trial["updated"]
-        writer.add_event(Event(wall_time=start, summary=hparams_pb(hparams(trial), trial["id"], start)))
-        for step, values in _scalars(trial):
-            summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
-            writer.add_event(Event(wall_time=end, step=step, summary=summary))
-        writer.close()
-        atomic_write_text(tmp / _STAMP, repr(trial["updated"]))
-        final = root / trial["id"]
-        shutil.rmtree(final, ignore_errors=True)
-        try:
-            tmp.replace(final)
-        except OSError:
-            if not final.is_dir():
-                raise  # else a concurrent writer (the driver, nars report) put the same trial there first
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        # staged outside the logdir, where TensorBoard would take it for a run
+        with staged_folder(final, f"trial {trial['id']}'s TensorBoard events", beside=root.parent,
+                           replace=True) as tmp:
+            writer = EventFileWriter(str(tmp))
+            start, end = trial["created"], trial["updated"]
+            writer.add_event(Event(wall_time=start, summary=hparams_pb(hparams(trial), trial["id"], start)))
+            for step, values in _scalars(trial):
+                summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+                writer.add_event(Event(wall_time=end, step=step, summary=summary))
+            writer.close()
+            atomic_write_text(tmp / _STAMP, repr(trial["updated"]))
+    except OSError:
+        if not final.is_dir():
+            raise  # else a concurrent writer (the driver, nars report) put the same trial there first
 
 
 def _stale(run_dir: Path, trial: Mapping[str, Any]) -> bool:
