@@ -15,7 +15,6 @@ seconds. Seeds apply locally: the caller's torch random state is left as it was.
 
 from __future__ import annotations
 
-import pickle
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from torch import nn
 
 from nars.errors import UserError
 from nars.fileio import atomic_torch_save
+from nars.model.weights import torch_load
 
 FORMAT = "nars-predictor/1"
 
@@ -232,11 +232,7 @@ class MLPPredictor:
 
     @classmethod
     def load(cls, path: str | Path) -> "MLPPredictor":
-        try:
-            payload = torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{path}: cannot load a predictor ({reason})") from None
+        payload = torch_load(path, "NARS predictor file")
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             raise UserError(f"{path}: not a NARS predictor file (expected format {FORMAT})")
         encoder = None if payload["encoder"] is None else ProxyEncoder(**payload["encoder"])

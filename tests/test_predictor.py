@@ -3,6 +3,8 @@ uncertainty, scikit-learn baselines, k-fold evaluation, save/load, tables and th
 
 from __future__ import annotations
 
+import argparse
+
 import json
 
 import numpy as np
@@ -140,9 +142,13 @@ def test_save_and_load(tmp_path, space, encoder, task):
     # the pretrained encoder travels along: refitting gives the same model again
     assert np.array_equal(loaded.fit(x[32:64], y[32:64]).predict(x[TEST]), model.fit(x[32:64], y[32:64]).predict(x[TEST]))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="junk.pt: cannot load a predictor") as error:
+    with pytest.raises(UserError, match="junk.pt: not a readable NARS predictor file") as error:
         MLPPredictor.load(tmp_path / "junk.pt")
     assert "\n" not in str(error.value)
+    torch.save({"format": argparse.Namespace()}, tmp_path / "unsafe.pt")  # code torch's safe loader refuses
+    with pytest.raises(UserError, match="unsafe.pt: not a readable NARS predictor file") as error:
+        MLPPredictor.load(tmp_path / "unsafe.pt")
+    assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
     torch.save({"format": "other"}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="other.pt: not a NARS predictor file"):
         MLPPredictor.load(tmp_path / "other.pt")

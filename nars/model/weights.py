@@ -127,18 +127,23 @@ def _refusal(error: Exception) -> str | None:
     return next((d for d in details if d and not _TORCH_ADVICE.search(d)), "objects beyond tensors and containers")
 
 
-def read_checkpoint(path: Path) -> Mapping[str, Any]:
-    """``torch.load(weights_only=True)``; anything else is refused with the file's name (and
-    never with torch's advice to load it unsafely)."""
+def torch_load(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
+    """``torch.load(weights_only=True)`` onto the CPU; a file it cannot read, or refuses, is a
+    UserError naming the file and what it should be, never with torch's advice to load it unsafely."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         refused = _refusal(e)
         if refused is not None:
-            raise UserError(f"{path}: not a readable PyTorch checkpoint (not a valid or safe one: {refused}; NARS "
+            raise UserError(f"{path}: not a readable {what} (not a valid or safe one: {refused}; NARS "
                             "loads only tensors and plain containers, never code)") from None
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+        raise UserError(f"{path}: not a readable {what} ({first})") from None
+
+
+def read_checkpoint(path: Path) -> Mapping[str, Any]:
+    """A checkpoint (``torch_load``), which must be a dict."""
+    ckpt = torch_load(path)
     if not isinstance(ckpt, Mapping):
         raise UserError(f"{path}: a checkpoint must hold a dict, got {type(ckpt).__name__}")
     return ckpt
