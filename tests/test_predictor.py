@@ -4,7 +4,6 @@ uncertainty, scikit-learn baselines, k-fold evaluation, save/load, tables and th
 from __future__ import annotations
 
 import argparse
-
 import json
 
 import numpy as np
