@@ -25,8 +25,6 @@ OUT is refused rather than overwritten.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from nars.errors import UserError
+from nars.fileio import make_dirs, staged_folder
 
 CATEGORIES = ("circle", "square", "triangle", "star")
 SPLITS = ("train", "val")
@@ -222,18 +221,9 @@ def generate_shapes(out: str | Path, *, train: int = 300, val: int = 50, size: i
                 return False
             raise UserError(f"{out}: not empty and not a shapes dataset with these parameters; "
                             "choose another folder or remove it")
-    target = out.absolute()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        with tqdm(total=train + val, desc=f"shapes {out}", unit="img", disable=not progress) as bar:
-            for split, count in enumerate((train, val)):
-                _write_split(staging, split, count, size, seed, params, bar)
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    target = make_dirs(out.absolute().parent, "the dataset's parent folder") / out.name
+    with staged_folder(target, "the shapes dataset") as staging, \
+            tqdm(total=train + val, desc=f"shapes {out}", unit="img", disable=not progress) as bar:
+        for split, count in enumerate((train, val)):
+            _write_split(staging, split, count, size, seed, params, bar)
     return True
