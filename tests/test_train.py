@@ -76,10 +76,13 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run(shapes, tmp_path, monk
 
     monkeypatch.setattr(Trainer, "step", crash_after_the_checkpoint)
     pinned = [*args[:-2], "SEED", str(resolved["SEED"])]  # -1 would draw another seed
+    capsys.readouterr()
     assert main(["train", *pinned, "--out", str(parts)]) == 130
     assert not (parts / "model_final.pth").exists() and (parts / "model_0000003.pth").exists()
+    said = capsys.readouterr().err.strip().splitlines()[-1]
+    assert said == f"nars train: interrupted (SIGINT); continue with: nars train {parts / 'config.yaml'} --out {parts} --resume"
     monkeypatch.setattr(Trainer, "step", step)
-    assert main(["train", *args, "--out", str(parts), "--resume"]) == 0  # SEED -1: the checkpoint's
+    assert main(said.split("continue with: nars ")[1].split()) == 0  # the command it names (the saved config's seed)
 
     a = torch.load(whole / "model_final.pth", weights_only=True)
     b = torch.load(parts / "model_final.pth", weights_only=True)

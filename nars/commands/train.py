@@ -12,7 +12,8 @@ from nars.commands.config_args import add_config_arguments, parse_late_options
 from nars.config import load_config
 from nars.engine import distributed as comm
 from nars.engine.console import setup_logging
-from nars.engine.trainer import EVAL_FILE, prepare, train
+from nars.engine.trainer import CONFIG_FILE, EVAL_FILE, prepare, train
+from nars.interrupts import stopped
 
 
 def _options(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +48,11 @@ def run_train(args: argparse.Namespace) -> int:
         prepare({**cfg, "MODEL": {**cfg["MODEL"], "DEVICE": "cpu"}}, out, resume=args.resume,
                 world_size=args.num_workers)
     setup_logging()  # after that check, so that its dataset summaries are not shown twice
-    comm.launch(_process, (cfg, str(out), args.resume), args.num_workers, device)
+    try:
+        comm.launch(_process, (cfg, str(out), args.resume), args.num_workers, device)
+    except KeyboardInterrupt as e:  # the run continues from its last checkpoint with the config it saved
+        saved = out / CONFIG_FILE
+        raise stopped(e, f"nars train {saved} --out {out} --resume" if saved.is_file() else "") from None
     if os.environ.get("RANK", "0") != "0":  # torchrun: the main process reports
         return 0
     eval_file = out / EVAL_FILE
