@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -180,11 +179,11 @@ def test_sampling_is_deterministic_distinct_and_constrained(quick, method):
 
 
 def test_infeasible_constraint_is_a_quick_clear_error(quick):
-    start = time.perf_counter()
+    """Quick as in bounded work: both give up after 16 batches of draws (the count in the
+    message), whatever the machine and its load (a time limit would depend on them)."""
     with pytest.raises(UserError, match=r"none of 16,384 drawn candidates meet MFLOPs <= 1 .*smallest drawn: \d"):
         sample(quick, 10, max_mflops=1)
-    assert time.perf_counter() - start < 30
-    with pytest.raises(UserError, match="only .* meet MFLOPs <= 120 .* ask for fewer than 100000"):
+    with pytest.raises(UserError, match=r"only \d+ of 16,384 drawn candidates meet MFLOPs <= 120 .* fewer than 100000"):
         sample(quick, 100_000, max_mflops=120)
 
 
