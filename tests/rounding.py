@@ -33,6 +33,17 @@ from torch import Tensor, nn
 from nars.model.fbnetv3is import FBNetV3IS
 
 EPS = torch.finfo(torch.float32).eps  # 2^-23, twice the unit roundoff
+# Two formulations of one function (folded norms, another memory layout, another upsampling
+# order) are compared in float64, which takes rounding out of the question: any amplification
+# of rounding that leaves float32 results meaningful (< 1 / EPS) keeps float64 computations
+# within EPS64 / EPS = 2^-29 of the values' scale, while a wrong formula moves them by O(1).
+SAME_FUNCTION = torch.finfo(torch.float64).eps / EPS
+
+
+def assert_same_function(actual: Tensor, expected: Tensor) -> None:
+    """float64 ``actual`` is ``expected`` up to rounding (``SAME_FUNCTION`` of its scale)."""
+    assert actual.dtype == expected.dtype == torch.float64 and actual.shape == expected.shape
+    assert (actual - expected).abs().max() <= SAME_FUNCTION * expected.abs().max()
 
 
 def _fan_in(layer: nn.Conv2d | nn.Linear) -> int:

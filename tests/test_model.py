@@ -13,6 +13,7 @@ from nars.engine import distributed as comm
 from nars.errors import UserError
 from nars.model.fbnetv3is import build_model
 from nars.model.norm import NaiveSyncBatchNorm, SyncBatchNorm
+from rounding import assert_same_function
 
 # d2go's builder, 80 classes (reference table): trunk0..3, rpn, box head, box predictor, mask head, total.
 D2GO_PARAMS = {
@@ -59,18 +60,13 @@ def test_forward_train_and_eval_for_each_norm(tiny_cfg, norm):
         assert (out["boxes"][:, 2] <= image.shape[2]).all() and (out["boxes"][:, 3] <= image.shape[1]).all()
 
 
-# Channels-last is the same function in another memory layout, so only rounding can tell the
-# layouts apart; it is compared in float64. Training through batch statistics of a tiny random
-# model is ill-conditioned: float32 rounding reaches ~1% of the gradient (0.03-1.2% measured,
-# by kernel and thread count), no rounding-derived float32 bound is useful there. In float64
-# any amplification that leaves float32 training meaningful (< 1 / EPS32) keeps the layouts
-# within EPS64 / EPS32 = 2^-29 of each value's scale (measured: ~1e-13), while a layout bug (a
-# misread or permuted tensor) moves results by O(1).
-PLACEMENT_BOUND = torch.finfo(torch.float64).eps / torch.finfo(torch.float32).eps
-
-
 @pytest.mark.parametrize("norm", ["BN", "GN"])
 def test_cpu_placement_goes_channels_last_and_changes_no_result(tiny_cfg, norm):
+    """Channels-last is the same function in another memory layout: compared in float64
+    (tests/rounding.py's SAME_FUNCTION). Training through batch statistics of a tiny random
+    model is ill-conditioned: float32 rounding reaches ~1% of the gradient there (0.03-1.2%
+    measured, by kernel and thread count), where no rounding-derived float32 bound is useful;
+    float64 keeps the layouts ~1e-13 apart (measured), a layout bug O(1)."""
     model = build_model(tiny_cfg("MODEL.FBNET_V2.NORM", norm, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"))
     weights = [m.weight for m in comm.to_device(copy.deepcopy(model), torch.device("cpu")).modules()
                if isinstance(m, nn.Conv2d)]
@@ -91,8 +87,8 @@ def test_cpu_placement_goes_channels_last_and_changes_no_result(tiny_cfg, norm):
         sum(loss.values()).backward()
         losses.append(torch.stack(list(loss.values())).detach())
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]))
-    assert ((losses[1] - losses[0]).abs() <= PLACEMENT_BOUND * losses[0].abs()).all()
-    assert (grads[1] - grads[0]).norm() <= PLACEMENT_BOUND * grads[0].norm()
+    assert_same_function(losses[1], losses[0])
+    assert_same_function(grads[1], grads[0])
     # Eval: the same features and RoI-head outputs. (Whole detections of a random model are
     # near-tied scores, whose NMS order is decided by float rounding.)
     rois = [torch.tensor([[4.0, 4.0, 40.0, 44.0], [10.0, 2.0, 60.0, 30.0]], dtype=torch.float64)] * len(images)
@@ -107,7 +103,7 @@ def test_cpu_placement_goes_channels_last_and_changes_no_result(tiny_cfg, norm):
             outputs.append([features["trunk3"], *heads.box_predictor(heads.box_head(pooled)),
                             heads.mask_head(heads.mask_roi_pool(features, rois, batch.image_sizes))])
     for after, before in zip(*outputs):
-        assert (after - before).abs().max() <= PLACEMENT_BOUND * before.abs().max()
+        assert_same_function(after, before)
 
 
 def test_norm_classes(tiny_cfg):
