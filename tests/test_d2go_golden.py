@@ -49,7 +49,8 @@ def _match(g_boxes, g_classes, boxes, classes) -> dict[int, int]:
 @pytest.fixture(scope="module")
 def predictor():
     cfg = load_config(GOLDEN / "nars_config.yaml")
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as d2go's outputs were made; given back after the module
     model, device = load_predictor(cfg, str(GOLDEN / "golden_model.pth"))
     rec: dict[str, object] = {}
     model.transform.register_forward_hook(lambda m, a, o: rec.update(batch=o[0]))
@@ -63,7 +64,8 @@ def predictor():
         return boxes, scores
 
     model.rpn.filter_proposals = recording_filter
-    return cfg, model, device, rec
+    yield cfg, model, device, rec
+    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("name", IMAGES)
