@@ -124,20 +124,20 @@ def mask_tolerance(record: HeadRecord, reference_boxes: Tensor, other_boxes: Ten
     boxes for it (the paste is exact arithmetic on them, so their actual difference counts).
 
     The pasted probability is a convex combination (bilinear weights summing to <= 1) of
-    sigmoid(logit) cells, sigmoid' <= 1/4: the logits' error over 4. A box edge moved by e
-    moves the sampled cell by at most cells e / side (each pixel sits between the two edges),
-    and the probability by as much (neighbouring cells differ by <= 1). The paste's own
-    arithmetic rounds too: a pixel's source cell, ``(pixel + 0.5 - x1) / side * cells``, to
-    about 2 EPS pixels over the side (in cells), and its two matrix products like sums of
-    ``cells`` terms of magnitude <= 1."""
+    sigmoid(logit) cells, sigmoid' <= 1/4: the logits' error over 4. Both edges moved by e
+    move a pixel's sampled cell by cells e / side (1 - t + t for a pixel a fraction t across
+    the box; window pixels up to 1.5 px outside it: 1 + 3 / side), and its probability by as
+    much (neighbouring cells differ by <= 1). The paste's own arithmetic rounds too: a pixel's
+    source cell, ``(pixel + 0.5 - x1) / side * cells``, to about 2 EPS image sizes over the
+    side (in cells), and its two matrix products like sums of ``cells`` terms <= 1."""
     cells = record.mask_cells
     a, b = reference_boxes.double(), other_boxes.double()
     width, height = (a[:, 2:] - a[:, :2]).unbind(1)
     image_h, image_w = image_hw
     moved_x = (a[:, 0::2] - b[:, 0::2]).abs().amax(1) + 2 * EPS * image_w
     moved_y = (a[:, 1::2] - b[:, 1::2]).abs().amax(1) + 2 * EPS * image_h
-    mask = (scale * record.magnitude["mask"] / 4 + cells * (moved_x / width + moved_y / height)
-            + 2 * math.sqrt(cells) * EPS)
+    mask = (scale * record.magnitude["mask"] / 4 + cells * moved_x * (1 + 3 / width) / width
+            + cells * moved_y * (1 + 3 / height) / height + 2 * math.sqrt(cells) * EPS)
     # The paste covers the pixels from floor(x1) - 1 to ceil(x2) + 1 (detectron2's window).
     # Where the two windows differ, a row or column is in one only; its source coordinate is
     # 1.5 cells / side past the edge cell's centre minus a half, so it holds up to
