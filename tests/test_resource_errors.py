@@ -8,6 +8,8 @@ ignored, so the write fails with EFBIG as it fails with ENOSPC on a full disk.
 
 from __future__ import annotations
 
+import errno
+
 import os
 import re
 import subprocess
@@ -104,13 +106,34 @@ def test_deploy_on_a_full_disk_is_one_line(setup, tmp_path):
     assert _hidden(tmp_path) == [] and not onnx.exists()
 
 
-def test_a_command_writing_outside_fileio_still_gives_one_line(tmp_path, capsys):
-    """The CLI's last resort (an OSError with a path, of the disk-full/permission kind)."""
+def test_a_generated_dataset_under_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     assert main(["data", "shapes", str(tmp_path / "file" / "sub" / "shapes"), "--train", "1", "--val", "1"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"nars data: error: {tmp_path / 'file' / 'sub'}: Not a directory")
+        f"nars data: error: {tmp_path / 'file' / 'sub'}: cannot write the dataset's parent folder: a part of the path "
+        "is a file, not a folder")
+
+
+def test_a_write_error_no_writer_named_is_still_one_line(monkeypatch, capsys):
+    """The CLI's last resort: an OSError of the disk-full/permission kind that carries a path,
+    raised where no code turned it into a UserError, is still one line (other OSErrors are bugs)."""
+    from nars.commands import data
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/somewhere/file")
+
+    monkeypatch.setattr(data, "run_shapes", full_disk)
+    assert main(["data", "shapes", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert err == "nars data: error: /somewhere/file: No space left on device\n"
+
+    def bug(args):
+        raise OSError(errno.EBADF, "Bad file descriptor", "/somewhere/file")
+
+    monkeypatch.setattr(data, "run_shapes", bug)
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        main(["data", "shapes", "unused"])
 
 
 def test_atomic_copy_on_a_full_disk_leaves_the_old_file_and_no_temporary(tmp_path):

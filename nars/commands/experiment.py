@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_new(args: argparse.Namespace) -> int:
-    from nars.fileio import atomic_write_text
+    from nars.fileio import atomic_write_text, make_dirs
     from nars.search.new_experiment import Split, new_experiment
 
     out = Path(args.out)
@@ -51,7 +51,7 @@ def run_new(args: argparse.Namespace) -> int:
                           name=args.name or out.stem, parent=parent, parent_arch=args.parent_arch,
                           max_mflops=args.max_mflops, max_params=args.max_params,
                           allow_outside_images=args.allow_outside_images)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, text)
+    make_dirs(out.parent, "the experiment's folder")
+    atomic_write_text(out, text, "the experiment")
     print(f"wrote {out}; check it, then: nars search {out}")
     return 0
