@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import os
 
-import pytest
-import torch
+# As the CLI does (nars/cli.py): idle OpenMP threads sleep instead of spinning. On a machine
+# shared with other work, spinning 2-thread kernels ran tests up to 45x slower. Set before
+# torch loads libgomp; a value in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from typing import Any, Callable  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from nars.config import load_config
 

@@ -9,7 +9,6 @@ ignored, so the write fails with EFBIG as it fails with ENOSPC on a full disk.
 from __future__ import annotations
 
 import errno
-
 import os
 import re
 import subprocess
