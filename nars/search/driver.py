@@ -370,10 +370,7 @@ def search(
             _check_new(run_dir)
         check_reachable(exp["ray"]["address"])
         job = Search(copy.deepcopy(exp), run_dir, progress)
-        if resume:
-            store = open_run(run_dir, write=True, where=where)
-            logger.info("resuming %s: %d interrupted trial(s) will run again", run_dir, store.requeue_interrupted())
-        else:  # what this run measures, and the earlier runs' trials it starts from (checked here)
+        if not resume:  # what this run measures, and the earlier runs' trials it starts from (checked here)
             ours = fingerprint(exp, job.space)
             warm = warm_results(exp, job.space, lambda c: job.trial_config(c, "stage1")["SOLVER"]["MAX_ITER"],
                                 ours=ours)
@@ -382,14 +379,20 @@ def search(
             run_dir.mkdir(parents=True, exist_ok=True)
             held.enter_context(RunLock(run_dir, where))
             _check_new(run_dir)  # again, holding the lock: a search started beside this one may have claimed it
-            store = RunStore(run_dir / STORE_FILE)
-            store.set_metas({"experiment": exp, "seed": exp["seed"], FINGERPRINT_KEY: ours, "warm_results": warm})
-            _write_experiment(run_dir, exp)
-        held.callback(store.close)
-        try:
+        store: RunStore | None = None
+        try:  # from here on, a run to resume
+            if resume:
+                store = held.enter_context(contextlib.closing(open_run(run_dir, write=True, where=where)))
+                logger.info("resuming %s: %d interrupted trial(s) will run again", run_dir, store.requeue_interrupted())
+            else:
+                store = held.enter_context(contextlib.closing(RunStore(run_dir / STORE_FILE)))
+                store.set_metas({"experiment": exp, "seed": exp["seed"], FINGERPRINT_KEY: ours, "warm_results": warm})
+                _write_experiment(run_dir, exp)
             with ray_session(exp["ray"]):
                 job.run(store)
         except KeyboardInterrupt as e:
+            if store is None or store.get_meta("experiment") is None:  # stopped before the run began
+                raise stopped(e) from None
             store.requeue_interrupted()  # the trials it stopped wait, pending, for the resume
             raise stopped(e, f"nars search --resume {run_dir}") from None
     return run_dir
