@@ -270,3 +270,16 @@ def test_export_refuses_a_truncated_checkpoint_and_leaves_nothing(reference, tmp
     weights.write_bytes(intact)  # the retry is not blocked by anything the failed one left
     assert main(["export", str(run), "--id", best["id"], "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "model_final.pth", "summary.json"]
+
+
+def test_a_stores_several_rows_are_written_in_one_transaction(tmp_path):
+    """A failure in the middle of a multi-row write leaves none of it (the connection
+    autocommits each statement, so this needs an explicit transaction)."""
+    store = RunStore(tmp_path / "nars.sqlite")
+    row = {"id": "a-stage1", "candidate_id": "a", "stage": "stage1", "round": 0, "candidate": {}}
+    with pytest.raises(sqlite3.Error):  # the second row cannot be bound, after the first was inserted
+        store.add_trials([row, {**row, "id": "b-stage1", "mflops": {"not": "a number"}}])
+    assert store.trials() == []
+    store.add_trials([row])  # and the store takes the next write
+    assert [t["id"] for t in store.trials()] == ["a-stage1"]
+    store.close()

@@ -12,6 +12,7 @@ damaged before anything reads or writes it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -19,7 +20,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import pandas as pd
 
@@ -93,13 +94,25 @@ class RunStore:
     def close(self) -> None:
         self.db.close()
 
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One transaction: a kill leaves all of the block's writes or none. (The connection
+        autocommits, ``isolation_level=None``, where ``with self.db`` opens no transaction.)"""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
     # -- meta -------------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
         self.set_metas({key: value})
 
     def set_metas(self, values: Mapping[str, Any]) -> None:
         """Several meta rows in one transaction: a kill leaves all of them or none."""
-        with self.db:
+        with self._transaction():
             self.db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                 [(k, json.dumps(v)) for k, v in values.items()])
 
@@ -113,7 +126,7 @@ class RunStore:
         latency_ms, max_iter``; latency_ms: predicted); ids already present are left as they
         are, so re-adding is harmless."""
         now = time.time()
-        with self.db:
+        with self._transaction():
             self.db.executemany(
                 "INSERT OR IGNORE INTO trials (id, candidate_id, stage, round, candidate, status, mflops, params, "
                 "latency_ms, max_iter, created, updated) VALUES (?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)",
@@ -133,7 +146,7 @@ class RunStore:
     def append_history(self, trial_id: str, report: dict[str, Any]) -> None:
         """Add one intermediate report (iteration + metrics) to the trial's history; a report
         of an iteration already there (a retried trial repeating it) replaces that one."""
-        with self.db:
+        with self._transaction():
             row = self.db.execute("SELECT history FROM trials WHERE id = ?", (trial_id,)).fetchone()
             history = [h for h in (json.loads(row[0]) if row else []) if h.get("iteration") != report.get("iteration")]
             history.append(report)
@@ -150,7 +163,7 @@ class RunStore:
                      wall_time=wall_time)
 
     def add_retry(self, trial_id: str) -> None:
-        with self.db:
+        with self._transaction():
             self.db.execute("UPDATE trials SET retries = retries + 1, updated = ? WHERE id = ?", (time.time(), trial_id))
 
     def finish(
@@ -174,7 +187,7 @@ class RunStore:
         """Trials left running by a killed driver go back to pending; their history keeps only
         the reports up to the rung they had reached (where they continue from)."""
         running = self.trials(status="running")
-        with self.db:
+        with self._transaction():
             for t in running:
                 history = [h for h in t["history"] if t["reached"] and h.get("iteration", 0) <= t["reached"]]
                 self.db.execute("UPDATE trials SET status = 'pending', history = ?, updated = ? WHERE id = ?",
@@ -205,7 +218,7 @@ class RunStore:
     def _update(self, trial_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
         assignments = ", ".join(f"{k} = ?" for k in fields)
-        with self.db:
+        with self._transaction():
             cur = self.db.execute(f"UPDATE trials SET {assignments} WHERE id = ?", (*fields.values(), trial_id))
         if cur.rowcount != 1:
             raise KeyError(f"no trial {trial_id!r} in {self.path}")
