@@ -1,4 +1,5 @@
-"""``nars data shapes``: make the synthetic dataset; ``nars data info``: check a COCO dataset
+"""``nars data shapes``: make the synthetic dataset; ``nars data coins``: the one made of a real
+photo's coins; ``nars data info``: check a COCO dataset
 and print what a detector's settings depend on (sizes of images and boxes, objects per image)."""
 
 from __future__ import annotations
@@ -6,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from nars.data import coins
 from nars.data.coco import CocoInstances
 from nars.data.shapes import CATEGORIES, DOMAINS, generate_shapes
 from nars.data.stats import DatasetStats, Spread, dataset_stats
@@ -24,6 +26,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="how the images look: shapes (1-4 large shapes on colour blobs, the default) or cells "
                              "(up to 10 small shapes on a dark noisy background): a second domain to fine-tune on")
     shapes.set_defaults(run=run_shapes)
+    coin = group.add_parser("coins", help="write the coins dataset (COCO format) to OUT: scikit-image's coins photo, "
+                                          "10-40 coins per image, labelled by watershed")
+    coin.add_argument("out", metavar="OUT", help="a new or empty folder: gets train.json, train/, val.json, val/")
+    coin.add_argument("--train", type=int, default=200, help="training images (default 200)")
+    coin.add_argument("--val", type=int, default=50, help="validation images (default 50)")
+    coin.add_argument("--size", type=int, default=400, help=f"image side in pixels (default 400, at least "
+                                                            f"{coins.MIN_SIZE})")
+    coin.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
+    coin.set_defaults(run=run_coins)
     info = group.add_parser("info", help="a COCO dataset's image and box sizes, objects per image, classes, "
                                          "and (with IMAGES) what training would use")
     info.add_argument("json_path", metavar="JSON", help="COCO instances JSON")
@@ -47,6 +58,19 @@ def run_shapes(args: argparse.Namespace) -> int:
     print(f"use: DATASETS.TRAIN.JSON {args.out}/train.json DATASETS.TRAIN.IMAGES {args.out}/train "
           f"DATASETS.TEST.JSON {args.out}/val.json DATASETS.TEST.IMAGES {args.out}/val "
           f"MODEL.ROI_HEADS.NUM_CLASSES {len(CATEGORIES)}")
+    return 0
+
+
+def run_coins(args: argparse.Namespace) -> int:
+    written = coins.generate_coins(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+    what = f"{args.train} train + {args.val} val coin images of {args.size}x{args.size}, seed {args.seed}"
+    if not written:
+        print(f"{args.out} already holds this dataset ({what}); nothing to do")
+        return 0
+    print(f"wrote {args.out}: {what}, class {', '.join(coins.CATEGORIES)}")
+    print(f"use: DATASETS.TRAIN.JSON {args.out}/train.json DATASETS.TRAIN.IMAGES {args.out}/train "
+          f"DATASETS.TEST.JSON {args.out}/val.json DATASETS.TEST.IMAGES {args.out}/val "
+          f"MODEL.ROI_HEADS.NUM_CLASSES {len(coins.CATEGORIES)}")
     return 0
 
 
