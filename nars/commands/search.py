@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--id", help="a candidate or trial id (see nars pareto)")
     which.add_argument("--best", action="store_true", help="the best verified segm AP (the default)")
     which.add_argument("--max-mflops", type=float, metavar="X", help="the best verified segm AP within X MFLOPs")
+    which.add_argument("--front", action="store_true",
+                       help="every member of the measured Pareto front (verified trials and the reference) as "
+                            "DIR/<id>/ with model.onnx, timed together; the table as DIR/family.csv and family.md")
     export.add_argument("--out", required=True, metavar="DIR")
     export.add_argument("--onnx", action="store_true",
                         help="also DIR/model.onnx for onnxruntime, checked against PyTorch (as nars deploy)")
@@ -147,9 +150,19 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from nars.search.export import export
+    from nars.search.export import FAMILY_CSV, FAMILY_MD, export, export_family, family_markdown
 
     out = Path(args.out)
+    if args.front:
+        from nars.engine.console import setup_logging
+
+        setup_logging()  # a progress line per member: each takes an ONNX export and its check
+        rows = export_family(Path(args.run_dir), out)
+        print(family_markdown(rows, Path(args.run_dir)), end="")
+        print(f"exported the {len(rows)} front member(s) to {out}/<id>/ (table: {out / FAMILY_CSV}, "
+              f"{out / FAMILY_MD}); evaluate one: nars eval {out}/<id>/config.yaml "
+              f"--weights {out}/<id>/model_final.pth")
+        return 0
     summary = export(Path(args.run_dir), out, args.id, args.max_mflops, onnx=args.onnx)
     m = summary["metrics"]
     print(f"exported {summary['id']} (segm AP {_fmt(m.get('segm_AP'))}, bbox AP {_fmt(m.get('bbox_AP'))}, "
