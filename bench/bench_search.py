@@ -177,7 +177,7 @@ def tune_trial(config: dict[str, Any], job: Search, root: str, threads: int) -> 
 
     from nars.engine.trainer import train
     from nars.errors import UserError
-    from nars.search.trials import _flat
+    from nars.search.trials import flat_metrics
 
     torch.set_num_threads(threads)
     candidate = unit_candidate(job.space, config["u"])
@@ -189,7 +189,7 @@ def tune_trial(config: dict[str, Any], job: Search, root: str, threads: int) -> 
     start = time.time()
 
     def on_eval(iteration: int, metrics: Mapping[str, Any]) -> None:
-        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **_flat(metrics)})
+        tune.report({"iteration": iteration + 1, "wall_time": time.time() - start, **flat_metrics(metrics)})
 
     train(job.trial_config(candidate, "stage1"), out, progress=False, on_eval=on_eval)
 

@@ -28,6 +28,7 @@ from nars.commands import predict as predict_commands
 from nars.commands import predictor as predictor_commands
 from nars.commands import search as search_commands
 from nars.commands import space as space_commands
+from nars.commands import supernet as supernet_commands
 from nars.commands import train as train_commands
 from nars.commands import weights as weights_commands
 from nars.errors import UserError
@@ -37,7 +38,7 @@ from nars.interrupts import Interrupted, raising, stopped
 # Each module exposes ``register(subparsers)``; its parsers set ``run=`` via set_defaults.
 COMMAND_MODULES = (
     model_commands, data_commands, train_commands, eval_commands, predict_commands, space_commands, predictor_commands,
-    search_commands, experiment_commands, weights_commands, deploy_commands,
+    search_commands, experiment_commands, weights_commands, deploy_commands, supernet_commands,
 )
 
 

@@ -116,56 +116,74 @@ def _parent_block(child: ArchSpec, parent: ArchSpec, part: str, s: int, b: int) 
     return sum(spec.repeats for spec in parent_stages[s][:g]) + r
 
 
-def _roles(suffix: str) -> tuple[str | None, ...] | None:
+def tensor_roles(suffix: str) -> tuple[str | None, ...] | None:
+    """The channel role of each dim of a block's tensor (``fbnetv2_S_B.`` stripped): in,
+    out, mid (the expanded width) or se (the squeeze width); None for other tensors."""
     if suffix in _BLOCK_ROLES:
         return _BLOCK_ROLES[suffix]
     module, _, _ = suffix.rpartition(".")
     return _BLOCK_ROLES.get(module) if module.endswith("bn") else None
 
 
-def _channel_map(role: str, n_child: int, parent: Mapping[str, torch.Tensor], prefix: str) -> torch.Tensor:
+def _channel_map(role: str, n_child: int, parent: Mapping[str, torch.Tensor], prefix: str,
+                 by_importance: bool = True) -> torch.Tensor:
     """Parent channels for the child's first channels of ``role``: the most important ones
-    (in their order) when the child is narrower in an inner width, else the first ones."""
+    (in their order) when the child is narrower in an inner width, else the first ones.
+    ``by_importance=False``: always the first ones (a supernet keeps its channels sorted)."""
     reader = parent.get(prefix + _IMPORTANCE.get(role, ""))
     if reader is None:
         return torch.arange(n_child)
     n_parent = reader.shape[1]
     has_pw = (prefix + "pw.conv.weight") in parent
-    if n_child >= n_parent or (role == "mid" and not has_pw):  # no pw: mid channels are the block input's
+    if not by_importance or n_child >= n_parent or (role == "mid" and not has_pw):  # no pw: the block input's
         return torch.arange(min(n_child, n_parent))
-    importance = reader.abs().sum(dim=[d for d in range(reader.dim()) if d != 1])
-    return importance.topk(n_child).indices.sort().values
+    return channel_importance(reader).topk(n_child).indices.sort().values
+
+
+def channel_importance(reader: torch.Tensor) -> torch.Tensor:
+    """Once-for-all's importance of each input channel of ``reader`` (dim 1): the L1 norm of
+    the weights that read it."""
+    return reader.detach().abs().sum(dim=[d for d in range(reader.dim()) if d != 1])
+
+
+def _source(parent: torch.Tensor, roles: tuple[str | None, ...], maps: Mapping[str, torch.Tensor],
+            child_shape: torch.Size) -> torch.Tensor:
+    """The part of ``parent`` the child's tensor takes: mapped channels per role (the first
+    ones where no map is given), kernels centre-cropped to the child's where larger.
+    Differentiable (index_select, narrow): a supernet's sub-network trains its slice."""
+    src = parent
+    for d, role in enumerate(roles):
+        if role is None or role == "exact":
+            continue
+        index = maps.get(role)
+        if index is None:
+            src = src.narrow(d, 0, min(child_shape[d], parent.shape[d]))
+        elif len(index) == src.shape[d] or bool((index == torch.arange(len(index))).all()):
+            src = src.narrow(d, 0, len(index))
+        else:
+            src = src.index_select(d, index.to(src.device))
+    for d in range(len(roles), len(child_shape)):  # kernels
+        if src.shape[d] > child_shape[d]:
+            src = src.narrow(d, (src.shape[d] - child_shape[d]) // 2, child_shape[d])
+    return src
 
 
 def _transfer(
     child: torch.Tensor, parent: torch.Tensor, roles: tuple[str | None, ...], maps: Mapping[str, torch.Tensor]
 ) -> tuple[torch.Tensor, int] | None:
     """The child tensor with the parent's values where they map, and the count copied;
-    None when an exact dim differs (another class or anchor count)."""
+    None when an exact dim differs (another class or anchor count). Channels the parent
+    lacks are zero where read (not read until trained); smaller parent kernels are zero-padded."""
+    if any(role == "exact" and child.shape[d] != parent.shape[d] for d, role in enumerate(roles)):
+        return None
     out = child.detach().clone()
-    src = parent.detach().to(out.dtype)
-    target: list[slice] = []
-    for d, role in enumerate(roles):
-        if role is None or role == "exact":
-            if role == "exact" and child.shape[d] != parent.shape[d]:
-                return None
-            target.append(slice(None))
-            continue
-        index = maps[role] if role in maps else torch.arange(min(child.shape[d], parent.shape[d]))
-        src = src.index_select(d, index)
-        target.append(slice(0, len(index)))
-        if d == 1 and child.dim() > 1 and child.shape[1] > len(index):
-            out[:, len(index):] = 0  # channels the parent lacks are not read until trained
-    for d in range(len(roles), child.dim()):  # kernels: centre-crop, or zero-pad
-        kc, kp = child.shape[d], src.shape[d]
-        if kp > kc:
-            src = src.narrow(d, (kp - kc) // 2, kc)
-            target.append(slice(None))
-        else:
-            target.append(slice((kc - kp) // 2, (kc - kp) // 2 + kp))
+    src = _source(parent.detach().to(out.dtype), roles, maps, child.shape)
+    if child.dim() > 1 and len(roles) > 1 and roles[1] not in (None, "exact") and child.shape[1] > src.shape[1]:
+        out[:, src.shape[1]:] = 0
+    target = [slice(0, n) for n in src.shape[: len(roles)]]
+    target += [slice((kc - kp) // 2, (kc - kp) // 2 + kp) for kc, kp in zip(child.shape[len(roles):], src.shape[len(roles):])]
     if child.dim() > len(roles):
-        region = [t if d < len(roles) else slice(None) for d, t in enumerate(target)]
-        out[tuple(region)] = 0
+        out[tuple(target[: len(roles)])] = 0
     out[tuple(target)] = src
     return out, src.numel()
 
@@ -179,40 +197,64 @@ def _other_norm(key: str, child: Mapping[str, torch.Tensor], parent: Mapping[str
     return (f"{norm}.running_var" in child) != (f"{pnorm}.running_var" in parent)
 
 
-def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_arch: ArchSpec) -> InheritReport:
-    """Load ``parent_state`` (of an FBNetV3IS with ``parent_arch``) into ``model`` (an FBNetV3IS
-    of any architecture of the space) by the rules of this module."""
-    child_arch: ArchSpec = model.arch
-    own = model.state_dict()
-    new_state: dict[str, torch.Tensor] = {}
-    report = InheritReport()
+@dataclass
+class _Mapping:
+    """Where each of the child's tensors comes from: the parent's key (None: a block the
+    parent lacks), the roles of its dims and the channel maps of its block."""
+
+    sources: dict[str, tuple[str | None, tuple[str | None, ...] | None, dict[str, torch.Tensor]]]
+    matched: dict[str, str]  # child block prefix -> the parent's
+    new_blocks: list[str]
+
+
+def _mapping(child_arch: ArchSpec, own: Mapping[str, torch.Tensor], parent_state: Mapping[str, torch.Tensor],
+             parent_arch: ArchSpec, by_importance: bool) -> _Mapping:
+    """The one mapping from a parent's tensors to a child's (module docstring's rules)."""
+    result = _Mapping({}, {}, [])
     maps_of: dict[str, dict[str, torch.Tensor]] = {}
-    matched: dict[str, str] = {}  # child block prefix -> the parent's
+    for key in own:
+        match = _BLOCK_KEY.match(key)
+        part = _part(key) if match else None
+        if not (match and part in PARTS):
+            result.sources[key] = (key, _HEAD_ROLES.get(key), {})
+            continue
+        s, b, suffix = int(match["s"]), int(match["b"]), match["suffix"]
+        child_prefix = key[: -len(suffix)]
+        pb = _parent_block(child_arch, parent_arch, part, s, b)
+        if pb is None:
+            if child_prefix not in result.new_blocks:
+                result.new_blocks.append(child_prefix)
+            result.sources[key] = (None, None, {})
+            continue
+        parent_prefix = result.matched.setdefault(child_prefix, f"{match['stage']}fbnetv2_{s}_{pb}.")
+        if child_prefix not in maps_of:
+            maps_of[child_prefix] = {
+                role: _channel_map(role, own[child_prefix + width_key].shape[0], parent_state, parent_prefix,
+                                   by_importance)
+                for role, width_key in (("mid", "dw.conv.weight"), ("se", "se.se.0.conv.weight"))
+                if child_prefix + width_key in own
+            }
+        result.sources[key] = (parent_prefix + suffix, tensor_roles(suffix), maps_of[child_prefix])
+    return result
+
+
+def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_arch: ArchSpec,
+            by_importance: bool = True) -> InheritReport:
+    """Load ``parent_state`` (of an FBNetV3IS with ``parent_arch``) into ``model`` (an FBNetV3IS
+    of any architecture of the space) by the rules of this module. ``by_importance=False``
+    takes a narrower inner width's first channels: a supernet's (``nars.model.elastic``),
+    whose channels are kept in importance order, so its sub-networks are exactly its slices."""
+    own = model.state_dict()
+    plan = _mapping(model.arch, own, parent_state, parent_arch, by_importance)
+    new_state: dict[str, torch.Tensor] = {}
+    report = InheritReport(new_blocks=plan.new_blocks)
     for key, value in own.items():
         stat = is_norm_stat(key)
         if not stat:
             report.total += value.numel()
-        match = _BLOCK_KEY.match(key)
-        part = _part(key) if match else None
-        if match and part in PARTS:
-            s, b, suffix = int(match["s"]), int(match["b"]), match["suffix"]
-            child_prefix = key[: -len(suffix)]
-            pb = _parent_block(child_arch, parent_arch, part, s, b)
-            if pb is None:
-                if child_prefix not in report.new_blocks:
-                    report.new_blocks.append(child_prefix)
-                continue
-            parent_prefix = matched.setdefault(child_prefix, f"{match['stage']}fbnetv2_{s}_{pb}.")
-            pkey, roles = parent_prefix + suffix, _roles(suffix)
-            if child_prefix not in maps_of:
-                maps_of[child_prefix] = {
-                    role: _channel_map(role, own[child_prefix + width_key].shape[0], parent_state, parent_prefix)
-                    for role, width_key in (("mid", "dw.conv.weight"), ("se", "se.se.0.conv.weight"))
-                    if child_prefix + width_key in own
-                }
-            maps = maps_of[child_prefix]
-        else:
-            pkey, roles, maps = key, _HEAD_ROLES.get(key), {}
+        pkey, roles, maps = plan.sources[key]
+        if pkey is None:
+            continue
         parent = parent_state.get(pkey)
         if parent is None or _other_norm(key, own, parent_state, pkey):
             if not stat:
@@ -232,7 +274,7 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
         new_state[key] = moved[0]
         if not stat:
             report.inherited += moved[1]
-    for prefix, parent_prefix in matched.items():
+    for prefix, parent_prefix in plan.matched.items():
         gate, projection = prefix + "se.se.1.", prefix + "pwl.conv.weight"
         if gate + "weight" in own and parent_prefix + "se.se.1.weight" not in parent_state and projection in new_state:
             new_state[gate + "weight"] = torch.zeros_like(own[gate + "weight"])  # sigmoid(0) = 0.5 everywhere
@@ -248,3 +290,26 @@ def inherit(model: nn.Module, parent_state: Mapping[str, torch.Tensor], parent_a
     report.fraction = report.inherited / report.total if report.total else 0.0
     return report
 
+
+def slices(child: nn.Module, parent: nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of ``child`` (an FBNetV3IS) as a slice of ``parent``'s (an FBNetV3IS whose
+    architecture contains the child's: as deep, as wide, kernels as large), by this module's
+    mapping with first channels (a supernet's): parameters stay differentiable views of the
+    parent's, so a sub-network run on them trains the parent. A child the parent does not
+    contain (a block or width it lacks) is a ValueError."""
+    own = {k: v for k, v in child.state_dict(keep_vars=True).items()}
+    parent_state = dict(parent.named_parameters())
+    parent_state.update(parent.named_buffers())
+    plan = _mapping(child.arch, own, parent_state, parent.arch, by_importance=False)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in own.items():
+        pkey, roles, maps = plan.sources[key]
+        if pkey is None or pkey not in parent_state:
+            raise ValueError(f"{key}: the supernet has no {pkey or 'such block'}")
+        src = parent_state[pkey]
+        if roles is not None and not key.endswith("num_batches_tracked"):
+            src = _source(src, roles, maps, value.shape)
+        if src.shape != value.shape:
+            raise ValueError(f"{key}: {tuple(value.shape)} is not a slice of the supernet's {tuple(parent_state[pkey].shape)}")
+        out[key] = src
+    return out

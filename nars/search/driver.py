@@ -105,8 +105,9 @@ def parent_weights(exp: Mapping[str, Any], root: Path, progress: bool) -> str:
 class Search:
     """One run folder: its experiment, store, space and base config."""
 
-    def __init__(self, exp: dict[str, Any], run_dir: Path, progress: bool = True):
-        """Checks everything the run needs (space, configs, dataset, constraints) before it starts."""
+    def __init__(self, exp: dict[str, Any], run_dir: Path, progress: bool = True, latency: bool = True):
+        """Checks everything the run needs (space, configs, dataset, constraints) before it starts;
+        ``latency=False``: without the latency predictor (a supernet trains every architecture)."""
         self.exp, self.run_dir, self.progress = exp, run_dir, progress
         self.base = load_config(exp["base_config"])
         self.space: SearchSpace = load_space(exp["space"]).bind(self.base, exp["config"])  # trials' true costs
@@ -125,7 +126,7 @@ class Search:
         self.base["SEED"] = exp["seed"]
         self._encoder = None
         self.latency_measurements: list[dict[str, Any]] | None = None
-        if uses_latency(exp):
+        if latency and uses_latency(exp):
             self.space = self.space.with_latency(self._latency_model())
             sample(self.space, exp["stage1"]["trials_per_round"], **exp["constraints"])  # latency limit feasible?
 

@@ -16,6 +16,7 @@ EXPERIMENT_DIR = Path(__file__).resolve().parents[2] / "experiments"
 DEFAULT_EXPERIMENT = "quickstart"
 NONE_FLOAT = (float, type(None))
 OBJECTIVES = ("mflops", "latency")
+FIDELITIES = ("trials", "supernet")
 
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "name": "nars",
@@ -55,7 +56,19 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         # earlier run folders on the same space, setup and dataset whose measured trials feed the
         # predictor from round 0 (nars.search.warm_start); relative to the folder the search starts in
         "warm_start": [],
+        # what stage 1 measures: "trials" (each candidate fine-tuned as a Ray trial) or "supernet"
+        # (the supernet below is trained first; hundreds of its sub-networks are measured zero-shot
+        # and the predictor is pretrained on them; the trials then search the recipe from the
+        # supernet's weights)
+        "fidelity": "trials",
     },
+    # the weight-sharing supernet (nars supernet train; nars.supernet): sandwich steps, the random
+    # sub-networks per step besides the largest and the smallest (k), the in-place distillation
+    # weight (0: ground truth only), iterations between channel re-sorts, checkpoints; zero-shot
+    # evaluation: batch-norm recalibration images and, for stage1.fidelity supernet, the number
+    # of sub-networks measured
+    "supernet": {"max_iter": 400, "k": 2, "distill": 1.0, "sort_period": 100, "checkpoint_period": 50,
+                 "calibration_images": 32, "samples": 128},
     # objective: the cost the predicted front trades segm AP against (mflops or latency);
     # optimizer: nsga2 (numpy NSGA-II, nars.search.evolution) or a nevergrad name (DE, TwoPointsDE...)
     "stage2": {"optimizer": "nsga2", "budget": 20000, "batch_size": 1024, "use_params": False, "objective": "mflops"},
@@ -120,6 +133,16 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     warm = exp["stage1"]["warm_start"]
     if not all(isinstance(run, str) and run for run in warm):
         raise UserError(f"{path}: stage1.warm_start is a list of run folders, got {warm!r}")
+    for key, minimum in (("supernet.max_iter", 1), ("supernet.k", 0), ("supernet.sort_period", 0),
+                         ("supernet.checkpoint_period", 1), ("supernet.calibration_images", 1), ("supernet.samples", 1)):
+        section, name = key.split(".")
+        if exp[section][name] < minimum:
+            raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
+    if exp["supernet"]["distill"] < 0:
+        raise UserError(f"{path}: supernet.distill must be >= 0 (0: no distillation), got {exp['supernet']['distill']}")
+    if exp["stage1"]["fidelity"] not in FIDELITIES:
+        raise UserError(f"{path}: stage1.fidelity must be one of {', '.join(FIDELITIES)}, "
+                        f"got {exp['stage1']['fidelity']!r}")
     early = exp["stage1"]["early_stop"]
     if early["grace_period"] < 1 or early["reduction_factor"] < 2:
         raise UserError(f"{path}: stage1.early_stop needs grace_period >= 1 and reduction_factor >= 2, "

@@ -61,7 +61,7 @@ def open_checkpoint(uri: str) -> Any:
     return Checkpoint(uri)
 
 
-def _flat(metrics: Mapping[str, Any]) -> dict[str, float]:
+def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """``{"segm": {"AP": x}, ...}`` -> ``{"segm_AP": x, ...}`` (None/-1 become 0: nothing found)."""
     out = {}
     for task, values in metrics.items():
@@ -103,7 +103,7 @@ def run_trial(config: dict[str, Any], specs: Mapping[str, TrialSpec], threads: i
             # the candidate is scored by the weights its recipe delivers (EMA's when it keeps one)
             logged = [r["loss"] for r in read_metrics(out) if "loss" in r]
             report = {"iteration": iteration + 1, "wall_time": time.time() - start, **_inherited(out),
-                      **_flat(recipe_metrics(metrics)), **({"loss": logged[-1]} if logged else {})}
+                      **flat_metrics(recipe_metrics(metrics)), **({"loss": logged[-1]} if logged else {})}
             if iteration + 1 == end:  # reported with the checkpoint once training has written everything
                 final.update(report)
             else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 from nars.errors import UserError
 from search_spaces import SearchSpace, sample
 from search_spaces.space import canonical_id
@@ -71,3 +72,9 @@ def sample_archs(space: SearchSpace, n: int, seed: int, method: str = "uniform",
             break
         draw *= 2
     return list(out.values())[:n]
+
+
+def random_archs(space: SearchSpace, n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``n`` architectures, each parameter drawn uniformly (no limits: a supernet trains the
+    whole space)."""
+    return [arch_part(space, c) for c in space.from_unit(rng.random((n, space.unit_dims)))]
