@@ -132,7 +132,7 @@ def torch_load(path: str | Path, what: str = "PyTorch checkpoint") -> Any:
     UserError naming the file and what it should be, never with torch's advice to load it unsafely."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, IndexError) as e:  # IndexError: junk bytes
         refused = _refusal(e)
         if refused is not None:
             raise UserError(f"{path}: not a readable {what} (not a valid or safe one: {refused}; NARS "
