@@ -13,8 +13,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nars.cli import main
+from nars.engine.events import EventWriter
 from nars.search.store import RunStore
-from nars.search.tensorboard_log import TENSORBOARD_DIR, log_run, log_trial
+from nars.search.tensorboard_log import SUPERNET_DIR, TENSORBOARD_DIR, log_run, log_trial
 
 
 def _candidate(i: int) -> dict:
@@ -52,6 +53,35 @@ def _run(tmp: Path, finished: bool) -> Path:
     return run
 
 
+def _arch(i: int) -> dict:
+    """The architecture part of ``_candidate(i)``."""
+    return {k: _candidate(i)[k] for k in ("t4.c", "blocks")}
+
+
+def _supernet_run(tmp: Path) -> Path:
+    """``_run`` with a supernet: its training metrics (with distillation), zero-shot records of
+    five architectures (four of them also stage-1 trials that finished, their APs ranked as the
+    zero-shot ones) and a sub-network no trial has."""
+    run = _run(tmp, finished=True)
+    store = RunStore(run / "nars.sqlite")
+    store.add_trials([{"id": f"c{i}-stage1", "candidate_id": f"c{i}", "stage": "stage1", "round": 1,
+                       "candidate": _candidate(i), "mflops": 100.0 + 50 * i, "params": 10_000 * (i + 1), "max_iter": 10}
+                      for i in (6, 7)])
+    for i in (6, 7):
+        store.append_history(f"c{i}-stage1", {"iteration": 10, "segm_AP": 0.1 * i})
+        store.finish(f"c{i}-stage1", "done", {"segm_AP": 0.1 * i, "bbox_AP": 0.1 * i}, wall_time=3.0)
+    store.set_meta("zero_shot", [{"id": f"z{i}", "choices": _arch(i), "mflops": 500.0 - 40 * i, "params": 1000 * i,
+                                  "bbox_AP": 0.004 * i, "segm_AP": 0.005 * i, "seconds": 1.0} for i in (0, 2, 6, 7, 9)])
+    store.close()
+    (run / SUPERNET_DIR).mkdir()  # as nars.supernet.train makes it
+    writer = EventWriter(run / SUPERNET_DIR)
+    for it in (9, 19, 29):
+        writer.write(it, {"loss": 9.0 - it / 10, "loss_largest": 3.0 - it / 30, "loss_smallest": 3.5 - it / 30,
+                          "kd_rpn": 0.2, "kd_cls": 0.1, "kd_mask": 0.3, "lr": 0.01, "time": 0.5, "eta_seconds": 10.0})
+    writer.close()
+    return run
+
+
 class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -72,6 +102,10 @@ class _Page(HTMLParser):
             self.refresh = a["content"]
         elif tag in ("link", "script") or (tag == "img" and not a["src"].startswith("data:")):
             raise AssertionError(f"the page fetches something: <{tag} {attrs}>")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "tbody":
+            self.in_body = False  # a later table's header row is no row
 
 
 def _parse(path: Path) -> _Page:
@@ -96,6 +130,22 @@ def test_the_report_is_one_self_contained_page_with_every_plot(tmp_path, capsys)
     text = out.read_text()
     assert "c3" in text and "the recipe diverged" in text and "Kendall" in text  # winner, error, fit
     assert (run / TENSORBOARD_DIR / "c0-stage1").is_dir()  # the report also fills TensorBoard's folder
+    assert "Supernet" not in text and not (run / TENSORBOARD_DIR / SUPERNET_DIR).exists()  # a run without one
+
+
+def test_the_report_of_a_supernet_run_has_its_curves_zero_shot_table_and_ranking(tmp_path, capsys):
+    run = _supernet_run(tmp_path)
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    page, text = _parse(out), out.read_text()
+    assert "<h2>Supernet</h2>" in text
+    assert 'alt="supernet training losses and learning rate"' in text and 'alt="zero-shot segm AP against MFLOPs"' in text
+    assert len(page.images) == 5  # fronts, predictor fit, learning curves, supernet training, zero-shot scatter
+    table = text[text.index("zero-shot evaluations, by MFLOPs"):]
+    assert [table.index(f">z{i}<") for i in (9, 7, 6, 2, 0)] == sorted(table.index(f">z{i}<") for i in (9, 7, 6, 2, 0))
+    assert page.rows == 9 + 5  # the trials, then the zero-shot records
+    # c0, c2, c6, c7 are both: their measured APs rank as their zero-shot ones; c1 (pruned) and z9 (no trial) are not
+    assert "Kendall's tau 1.00" in text and "of 4 stage-1 trials" in text
 
 
 def test_a_live_runs_page_reloads_itself(tmp_path, capsys):
@@ -130,4 +180,30 @@ def test_tensorboard_has_every_finished_trial_with_hparams_and_curves(tmp_path):
     row = store.trial("c2-stage1")
     store.close()
     log_trial(run, row)  # again (a resumed run): one copy, not two
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+
+
+def _scalars(folder: Path) -> EventAccumulator:
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return events
+
+
+def test_tensorboard_has_the_supernets_training_and_zero_shot_scalars(tmp_path):
+    run = _supernet_run(tmp_path)
+    assert log_run(run) == 9 + 1  # every finished trial, and the supernet's folder
+    assert log_run(run) == 0  # nothing changed: nothing rewritten
+    folder = run / TENSORBOARD_DIR / SUPERNET_DIR
+    events = _scalars(folder)
+    assert {"loss_largest", "loss_smallest", "kd_rpn", "kd_cls", "kd_mask", "lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Scalars("loss_largest")] == [9, 19, 29]
+    assert events.Scalars("loss_largest")[-1].value == pytest.approx(3.0 - 29 / 30)
+    shots = events.Scalars("zero_shot/segm_AP")
+    assert [e.step for e in shots] == [500 - 40 * i for i in (9, 7, 6, 2, 0)]  # by MFLOPs
+    assert [e.value for e in shots] == pytest.approx([0.005 * i for i in (9, 7, 6, 2, 0)])
+    writer = EventWriter(run / SUPERNET_DIR, start_iter=30)  # the supernet goes on: rewritten, one copy
+    writer.write(39, {"loss": 5.0, "loss_largest": 1.5, "loss_smallest": 2.0, "lr": 0.001})
+    writer.close()
+    assert log_run(run) == 1
+    assert [e.step for e in _scalars(folder).Scalars("loss_largest")] == [9, 19, 29, 39]
     assert len(list(folder.glob("events.out.tfevents.*"))) == 1

@@ -15,14 +15,16 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Container, Iterable, Mapping, Sequence
 
+from nars.engine.events import read_metrics
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.search.export import pick
 from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, series
 from nars.search.pareto import plot_front
 from nars.search.store import STATUSES, open_run
+from nars.search.tensorboard_log import SUPERNET_DIR
 
 REFRESH_S = 30  # how often a live page reloads itself when nobody said
 MIN_TAU_POINTS = 3  # Kendall's tau of fewer pairs says nothing (two points: always +-1)
@@ -110,22 +112,43 @@ def _fit_png(pairs: Sequence[tuple[float, float]]) -> bytes:
     return _figure_png(draw, size=(5.5, 4.5))
 
 
+def _kendall(pairs: Sequence[tuple[float, float]]) -> str | None:
+    """Kendall's tau and its p-value over (x, y) pairs, as text; None when there are too few to
+    say anything."""
+    if len(pairs) < MIN_TAU_POINTS:
+        return None
+    from scipy.stats import kendalltau
+
+    tau, p = kendalltau(*zip(*pairs))
+    return f"Kendall's tau {tau:.2f} (p = {p:.2g})"
+
+
 def _fit(trials: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]]) -> tuple[list[tuple[float, float]], str]:
     """(predicted, measured) segm AP of the verified candidates on stage 2's front, and what
     Kendall's tau over them says."""
-    from scipy.stats import kendalltau
-
     by_id = {p["id"]: p["pred_segm_AP"] for p in predicted}
     pairs = [(by_id[t["candidate_id"]], t["metrics"]["segm_AP"]) for t in trials
              if t["stage"] == "verify" and t["status"] == "done" and t["candidate_id"] in by_id
              and "segm_AP" in (t["metrics"] or {})]
-    if len(pairs) < MIN_TAU_POINTS:
+    agreement = _kendall(pairs)
+    if agreement is None:
         return pairs, (f"Too few points for a rank correlation: {len(pairs)} verified candidate(s) with a prediction "
                        f"(Kendall's tau needs at least {MIN_TAU_POINTS}).")
-    tau, p = kendalltau(*zip(*pairs))
-    return pairs, (f"Kendall's tau {tau:.2f} (p = {p:.2g}) over {len(pairs)} verified candidates: how well stage 2's "
+    return pairs, (f"{agreement} over {len(pairs)} verified candidates: how well stage 2's "
                    "predicted ranking held at the full budget. The predictor learnt stage 1's short-budget APs, "
                    "so only the ranking, not the scale, is comparable.")
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Container[int],
+           marked: Container[int] = ()) -> str:
+    """An HTML table of ready-made cells: ``numeric`` columns right-aligned, the rows numbered
+    in ``marked`` highlighted."""
+    body = []
+    for r, cells in enumerate(rows):
+        tds = "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(cells))
+        body.append(f'<tr{" class=winner" if r in marked else ""}>{tds}</tr>')
+    return (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
 
 
 _NUMERIC = range(4, 11)  # the trial table's right-aligned columns
@@ -147,10 +170,76 @@ def _trial_table(trials: Sequence[dict[str, Any]], winner: str | None) -> str:
                  "-" if t["params"] is None else f"{t['params']:,}", latency,
                  f"{reached if reached is not None else '-'} / {t['max_iter']}", _num(t["wall_time"], 0),
                  _e(choices) + note]
-        tds = "".join(f'<td class="n">{c}</td>' if i in _NUMERIC else f"<td>{c}</td>" for i, c in enumerate(cells))
-        rows.append(f'<tr{" class=winner" if t["id"] == winner else ""}>{tds}</tr>')
-    return (f"<table><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead>"
-            f"<tbody>{''.join(rows)}</tbody></table>")
+        rows.append(cells)
+    return _table(head, rows, _NUMERIC, [i for i, t in enumerate(trials) if t["id"] == winner])
+
+
+_SUPERNET_LOSSES = ("loss_largest", "loss_smallest", "kd_rpn", "kd_cls", "kd_mask")
+
+
+def _supernet_curves_png(metrics: Sequence[Mapping[str, Any]]) -> bytes:
+    def draw(ax: Any) -> None:
+        for name in _SUPERNET_LOSSES:
+            points = [(r["iteration"], r[name]) for r in metrics if name in r]
+            if points:
+                ax.plot(*zip(*points), lw=1, label=name)
+        lr = ax.twinx()
+        lr.plot([r["iteration"] for r in metrics], [r["lr"] for r in metrics], color="grey", ls=":", lw=1,
+                label="lr (right axis)")
+        lr.set_ylabel("learning rate")
+        ax.set(xlabel="iteration", ylabel="loss", title="supernet training (kd_*: the students' mean distillation terms)")
+        lines = ax.get_lines() + lr.get_lines()
+        ax.legend(lines, [line.get_label() for line in lines], fontsize=8)
+
+    return _figure_png(draw)
+
+
+def _zero_shot_png(zero_shot: Sequence[Mapping[str, Any]]) -> bytes:
+    def draw(ax: Any) -> None:
+        ax.scatter([z["mflops"] for z in zero_shot], [z["segm_AP"] for z in zero_shot], s=14)
+        ax.set(xlabel=X_AXES["mflops"], ylabel="zero-shot segm AP",
+               title=f"{len(zero_shot)} sub-networks, straight from the supernet's weights")
+
+    return _figure_png(draw, size=(5.5, 4.5))
+
+
+def _zero_shot_pairs(trials: Sequence[dict[str, Any]],
+                     zero_shot: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """(zero-shot, measured) segm AP of each finished stage-1 trial whose architecture (its
+    candidate restricted to a record's keys) is a zero-shot record's."""
+    pairs = []
+    for t in trials:
+        if t["stage"] != "stage1" or t["status"] != "done" or "segm_AP" not in (t["metrics"] or {}):
+            continue
+        pairs += [(z["segm_AP"], t["metrics"]["segm_AP"]) for z in zero_shot
+                  if z["choices"] == {k: t["candidate"].get(k) for k in z["choices"]}]
+    return pairs
+
+
+def _supernet(metrics: Sequence[Mapping[str, Any]], zero_shot: Sequence[Mapping[str, Any]],
+              trials: Sequence[dict[str, Any]]) -> str:
+    """The supernet section: its training curves, the zero-shot results and how their ranking
+    held for the stage-1 trials of the same architectures."""
+    plots = []
+    if metrics:
+        plots.append(_img(_supernet_curves_png(metrics), "supernet training losses and learning rate"))
+    if zero_shot:
+        plots.append(_img(_zero_shot_png(zero_shot), "zero-shot segm AP against MFLOPs"))
+    out = f'<div class="plots">{"".join(plots)}</div>' if plots else ""
+    if not metrics:
+        out += '<p class="muted">The supernet has not logged a training step yet.</p>'
+    if not zero_shot:
+        return out + '<p class="muted">No sub-network has been evaluated zero-shot yet.</p>'
+    pairs = _zero_shot_pairs(trials, zero_shot)
+    agreement = _kendall(pairs)
+    if agreement is not None:
+        out += (f"<p>{agreement} between the zero-shot segm AP and the measured one of "
+                f"{len(pairs)} stage-1 trials of the same architectures: how well the supernet's ranking held when "
+                "each was trained on its own (with its own recipe, so only the ranking is comparable).</p>")
+    rows = [(_e(z["id"]), _num(z["mflops"], 1), f"{z['params']:,}", _num(z["bbox_AP"]), _num(z["segm_AP"]))
+            for z in sorted(zero_shot, key=lambda z: z["mflops"])]
+    table = _table(("sub-network", "MFLOPs", "params", "bbox AP", "segm AP"), rows, range(1, 5))
+    return out + f"<details><summary>the {len(zero_shot)} zero-shot evaluations, by MFLOPs</summary>{table}</details>"
 
 
 def _winner(run_dir: Path, trials: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str]:
@@ -180,6 +269,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
         experiment = store.get_meta("experiment") or {}
         state = store.get_meta("state") or "starting"
         predicted = store.get_meta("stage2_front") or []
+        zero_shot = store.get_meta("zero_shot") or []
     finally:
         store.close()
     counts = Counter(t["status"] for t in trials)
@@ -206,6 +296,10 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
     fit_html = (f'<div class="plots">{_img(_fit_png(pairs), "predicted against measured segm AP")}</div>'
                 if pairs else "") + f"<p>{_e(tau)}</p>"
 
+    supernet_metrics = read_metrics(run_dir / SUPERNET_DIR)
+    supernet_html = (f"<h2>Supernet</h2>{_supernet(supernet_metrics, zero_shot, trials)}"
+                     if (run_dir / SUPERNET_DIR).is_dir() or zero_shot else "")
+
     by_status = ", ".join(f"{counts[s]} {s}" for s in STATUSES if counts[s])
     by_stage = ", ".join(f"{n} {s}" for s, n in Counter(t["stage"] for t in trials).items())
     now = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -227,6 +321,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
 <h2>Winner</h2>{winner_html}
 <h2>Predictor fit</h2>{fit_html}
 <h2>Learning curves</h2>{curves_html}
+{supernet_html}
 <h2>Trials</h2>{_trial_table(trials, best["id"] if best else None)}
 </body></html>
 """
