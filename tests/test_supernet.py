@@ -254,3 +254,39 @@ def test_the_commands_train_interrupt_resume_evaluate_and_extract(tmp_path):
     # the Ray task ran with 1 thread, nars eval with its own: the same AP up to a detection
     # whose score rounds across a cut (tests/rounding.py's discrete flips)
     assert abs(max(segm or 0.0, 0.0) - rows[0]["segm_AP"]) <= 0.01
+
+
+def test_a_search_with_the_supernet_fidelity(tmp_path):
+    """stage1.fidelity supernet: the run trains its supernet, stores the zero-shot results of
+    the sampled sub-networks before using them, pretrains the predictor on them, and its
+    stage-1 trials search recipes on the best zero-shot architectures from the supernet's
+    weights; verification starts from the parent as before."""
+    from nars.search.driver import search
+    from nars.search.store import open_run
+
+    shutil.copy(DATA / "tiny_search.yaml", tmp_path / "tiny.yaml")
+    overrides = ["stage1.fidelity", "supernet", "stage1.rounds", "1", "supernet.samples", "4", *TINY]
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        run = search(str(tmp_path / "tiny.yaml"), overrides, out=str(tmp_path / "run"), progress=False)
+    finally:
+        os.chdir(cwd)
+    store = open_run(run)
+    try:
+        zero = store.get_meta("zero_shot")
+        trials = store.trials()
+    finally:
+        store.close()
+    assert len(zero) == 4 and all(set(z) >= {"id", "choices", "mflops", "segm_AP"} for z in zero)
+    assert (run / "supernet" / "model_final.pth").is_file()
+    best = [z["choices"] for z in sorted(zero, key=lambda z: -z["segm_AP"])]
+    stage1 = [t for t in trials if t["stage"] == "stage1"]
+    space = load_space("fbnetv3is_quick")
+    assert [{k: t["candidate"][k] for k in space.arch_names} for t in stage1] == best[: len(stage1)]
+    for t in (t for t in stage1 if t["status"] == "done"):
+        start = json.loads((run / "trials" / t["id"] / "start_weights.json").read_text())
+        assert start["weights"] == str(run / "supernet" / "model_final.pth") and start["mode"] in ("inherit", "load")
+    assert any(t["stage"] == "verify" and t["status"] == "done" for t in trials)

@@ -78,7 +78,8 @@ def load_start_weights(model: nn.Module, model_cfg: Mapping[str, Any]) -> dict[s
         weights = {k: v.numel() for k, v in model.state_dict().items() if not is_norm_stat(k)}
         copied = sum(n for k, n in weights.items() if k in state and k not in report.reinitialized)
         return {"weights": str(path), "mode": "load", "fraction": copied / sum(weights.values()), **report.to_dict()}
-    result = inherit(model, state, parent)
+    # a supernet keeps its channels in importance order: its sub-networks take the first ones
+    result = inherit(model, state, parent, by_importance="supernet" not in ckpt)
     logger.info("weights %s (%s) inherited: %.1f%% of the weights, %d new block(s) (%d as identities)", value,
                 parent.name, 100 * result.fraction, len(result.new_blocks), len(result.identity_blocks))
     return {"weights": str(path), "mode": "inherit", "parent_arch": parent.to_data(), **result.to_dict()}

@@ -30,10 +30,10 @@ from nars.search.budget import scale_schedule, stage_iterations
 from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
 from nars.search.experiment import load_experiment, uses_latency
-from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose
+from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose, zero_shot_encoder
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
 from nars.search.halving import milestones, survivors
-from nars.search.tensorboard_log import log_run
+from nars.search.tensorboard_log import SUPERNET_DIR, log_run
 from nars.search.trials import TrialSpec, run_trials
 from nars.search.warm_start import FINGERPRINT_KEY, fingerprint, warm_results
 from predictor.latency import fit_measurements, measure_space
@@ -151,9 +151,44 @@ class Search:
     @property
     def encoder(self):
         if self._encoder is None:
-            logger.info("pretraining the predictor's encoder on proxies (MFLOPs, params)")
-            self._encoder = pretrained_encoder(self.space, self.exp["stage1"]["pretrain_samples"], self.exp["seed"])
+            zero_shot = self.zero_shot()
+            if zero_shot:
+                logger.info("pretraining the predictor's encoder on %d zero-shot APs (and MFLOPs, params)", len(zero_shot))
+                self._encoder = zero_shot_encoder(self.space, zero_shot, self.supernet().base, self.exp["seed"])
+            else:
+                logger.info("pretraining the predictor's encoder on proxies (MFLOPs, params)")
+                self._encoder = pretrained_encoder(self.space, self.exp["stage1"]["pretrain_samples"],
+                                                   self.exp["seed"])
         return self._encoder
+
+    def zero_shot(self) -> list[dict[str, Any]]:
+        """The supernet's zero-shot results this run measured (stage1.fidelity supernet)."""
+        store = getattr(self, "store", None)
+        return [] if store is None else store.get_meta("zero_shot", [])
+
+    def supernet(self) -> Any:
+        from nars.supernet.setup import of_search
+
+        return of_search(self)
+
+    def supernet_stage(self) -> None:
+        """``stage1.fidelity supernet``: train the supernet in ``RUN/supernet`` (resumable),
+        then measure ``supernet.samples`` sub-networks of the constrained space zero-shot, as
+        Ray tasks; stored before anything uses them."""
+        from nars.engine.checkpoint import FINAL
+        from nars.supernet.subnets import sample_archs
+        from nars.supernet.train import train_supernet
+        from nars.supernet.zero_shot import evaluate_archs
+
+        if self.store.get_meta("zero_shot") is not None:
+            return
+        net, net_dir = self.supernet(), self.run_dir / SUPERNET_DIR
+        if not (net_dir / FINAL).is_file():
+            train_supernet(net, net_dir, resume=net_dir.is_dir(), progress=self.progress)
+        limits = {k: self.exp["constraints"][k] for k in ("max_mflops", "max_params")}
+        archs = sample_archs(self.space, self.exp["supernet"]["samples"], self.exp["seed"], constraints=limits)
+        records = evaluate_archs(net_dir, archs, progress=self.progress, net=net)
+        self.store.set_meta("zero_shot", records)
 
     def trial_config(self, candidate: Mapping[str, Any], stage: str) -> dict[str, Any]:
         """The candidate's complete config at the stage's budget (``budget.stage_iterations``)."""
@@ -161,6 +196,9 @@ class Search:
         cfg = self.space.to_config(candidate, base=self.base)
         for key, value in self.exp["config"].items():  # pinned for every trial, over the candidate's values
             set_key(cfg, key, value, f"{self.exp['source']}: config")
+        if stage == "stage1" and s1["fidelity"] == "supernet":  # the recipe search starts from the supernet
+            cfg["MODEL"]["WEIGHTS"] = str(self.run_dir / SUPERNET_DIR / FINAL_WEIGHTS)
+            cfg["MODEL"]["WEIGHTS_ARCH"] = ""
         iters = stage_iterations(cfg["SOLVER"]["MAX_ITER"], stage, s1["max_iter"], v["max_iter"])
         scale_schedule(cfg, iters)
         cfg["TEST"]["EVAL_PERIOD"] = s1["eval_period"] if stage == "stage1" else 0
@@ -238,11 +276,12 @@ class Search:
         for r in range(s1["rounds"]):
             if not self.store.trials(stage="stage1", round=r):
                 history = self.store.trials(stage="stage1")
+                best_zero_shot = sorted(self.zero_shot(), key=lambda z: -z["segm_AP"])
                 samples = propose(
                     self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],
                     encoder=self.encoder, results=warm + measured(history),
                     tried={t["candidate_id"] for t in warm + history},
-                    pool_size=s1["pool_size"], explore=s1["explore"],
+                    pool_size=s1["pool_size"], explore=s1["explore"], archs=[z["choices"] for z in best_zero_shot],
                 )
                 self.add({"stage1": samples}, r)
             self.halve(r, f"stage 1 round {r + 1}/{s1['rounds']}")
@@ -306,6 +345,9 @@ class Search:
         saved = self.run_dir / LATENCY_FILE
         if self.latency_measurements is not None and not saved.is_file():
             atomic_write_text(saved, json.dumps(self.latency_measurements) + "\n")
+        if self.exp["stage1"]["fidelity"] == "supernet":
+            self.store.set_meta("state", "supernet")
+            self.supernet_stage()
         self.store.set_meta("state", "stage1")
         self.stage1()
         self._complete("stage1")

@@ -16,6 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from nars.supernet.subnets import complete
 from predictor import MLPPredictor, ProxyEncoder, pretrain_encoder, proxy_data
 from search_spaces import SearchSpace, sample
 from search_spaces.sampling import Sample
@@ -26,6 +27,16 @@ METRIC = "segm_AP"
 def pretrained_encoder(space: SearchSpace, samples: int, seed: int) -> ProxyEncoder:
     """The architecture encoder pretrained on free proxies (log MFLOPs, log params)."""
     x_arch, proxies = proxy_data(space, samples, seed=seed)
+    return pretrain_encoder(x_arch, proxies, seed=seed)
+
+
+def zero_shot_encoder(space: SearchSpace, records: Sequence[Mapping[str, Any]], base: Mapping[str, Any],
+                      seed: int) -> ProxyEncoder:
+    """The architecture encoder pretrained on the supernet's zero-shot segm AP (with log MFLOPs
+    and params): FBNetV3's proxy pretraining, with a proxy that carries accuracy."""
+    x_arch = space.encode([complete(space, r["choices"], base) for r in records])[:, space.arch_slice]
+    proxies = np.column_stack([np.log([r["mflops"] for r in records]), np.log([r["params"] for r in records]),
+                               [r["segm_AP"] for r in records]])
     return pretrain_encoder(x_arch, proxies, seed=seed)
 
 
@@ -53,13 +64,18 @@ def propose(
     tried: set[str],
     pool_size: int,
     explore: float,
+    archs: Sequence[Mapping[str, Any]] = (),
 ) -> list[Sample]:
     """The ``n`` candidates round ``round_index`` trains (deterministic per seed and results):
     Sobol points while there are no results, else the predictor's picks, whatever the round
-    (warm results make round 0 one). ``tried``: candidate ids never proposed again."""
+    (warm results make round 0 one). ``tried``: candidate ids never proposed again.
+    ``archs`` (the supernet's best zero-shot architectures, best first): without results,
+    the Sobol points' recipes are tried on those architectures."""
     limits = {k: constraints.get(k) for k in ("max_mflops", "max_params", "max_latency_ms")}
     if not results:
         pool = sample(space, n + len(tried), method="sobol", seed=seed + round_index, **limits)
+        if archs:
+            pool = [_with_arch(space, s.candidate, a) for s, a in zip(pool, archs)]
         return [s for s in pool if s.id not in tried][:n]
     pool = [s for s in sample(space, pool_size, method="uniform", seed=seed + round_index, **limits) if s.id not in tried]
     model = fit_predictor(space, encoder, results, seed)
@@ -70,3 +86,9 @@ def propose(
     rest = [i for i in np.argsort(-std, kind="stable") if i not in set(chosen)]
     chosen += rest[:n_explore]
     return [pool[i] for i in chosen]
+
+
+def _with_arch(space: SearchSpace, candidate: Mapping[str, Any], arch: Mapping[str, Any]) -> Sample:
+    """``candidate``'s recipe on architecture ``arch``."""
+    c = complete(space, arch, candidate)
+    return Sample(c, space.candidate_id(c), *space.cost(c))

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from tensorboard.compat.proto.event_pb2 import Event
 
 TENSORBOARD_DIR = "tensorboard"
-# the run's supernet folder (the driver's SUPERNET_DIR: the driver imports this module, not the reverse)
+# the run's supernet folder (stage1.fidelity supernet), where the driver trains it
 SUPERNET_DIR = "supernet"
 _STAMP = ".updated"
 _COSTS = {"MFLOPs": "mflops", "params": "params", "latency_ms": "latency_ms",

@@ -49,8 +49,12 @@ class Supernet:
 
 def build(exp: Mapping[str, Any], out_dir: Path, progress: bool = True) -> Supernet:
     """The supernet setup of an experiment, checked (space, data, parent, reference)."""
-    exp = copy.deepcopy(dict(exp))
-    search = Search(exp, out_dir, progress, latency=False)
+    return of_search(Search(copy.deepcopy(dict(exp)), out_dir, progress, latency=False))
+
+
+def of_search(search: Search) -> Supernet:
+    """The supernet of a search's experiment (``nars search`` with ``stage1.fidelity supernet``)."""
+    exp = search.exp
     ref = exp["verify"]["reference"]
     base = search.space.references.get(ref)
     if base is None:

@@ -14,6 +14,7 @@ tasks, each loading the supernet once for a chunk of them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -150,7 +151,8 @@ class Cache:
 def evaluate_archs(net_dir: Path, archs: Sequence[Mapping[str, Any]], *, num_cpus: int | None = None,
                    progress: bool = True, net: Supernet | None = None) -> list[dict[str, Any]]:
     """Zero-shot results of ``archs`` (in their order): cached ones read, the rest computed as
-    Ray tasks (chunks spread over ``num_cpus``, default the experiment's ``ray.num_cpus``)."""
+    Ray tasks (chunks spread over ``num_cpus``, default the experiment's ``ray.num_cpus``), in
+    the Ray session already running (a search's) or a local one."""
     import ray
 
     evaluator = Evaluator(net_dir, net)
@@ -166,7 +168,7 @@ def evaluate_archs(net_dir: Path, archs: Sequence[Mapping[str, Any]], *, num_cpu
         chunks = [todo[i: i + size] for i in range(0, len(todo), size)]
         logger.info("zero-shot evaluation of %d sub-network(s) in %d Ray task(s)", len(todo), len(chunks))
         bar = tqdm(total=len(todo), desc="zero-shot", unit="net", disable=not progress)
-        with ray_session(ray_cfg):
+        with contextlib.nullcontext() if ray.is_initialized() else ray_session(ray_cfg):  # a search's own session
             task = ray.remote(num_cpus=1)(_evaluate_chunk)
             pending = {task.remote(str(Path(net_dir).resolve()), [a for _, a in c], 1): c for c in chunks}
             try:
