@@ -1,0 +1,413 @@
+"""Reference figures for the weight-sharing supernet: sub-networks fine-tuned standalone.
+
+    .venv/bin/python bench/bench_supernet.py standalone --work DIR [--n 24] [--iters 320] [--seeds-spread 4]
+    .venv/bin/python bench/bench_supernet.py stage1-cost --work DIR [--iters 320]
+
+Run it with one thread (``OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE``; the script also calls
+``torch.set_num_threads(1)``), as the search's trials train (``ray.cpus_per_trial: 1``).
+
+A sub-network (``nars.supernet.subnets``) is the architecture part of a candidate of the
+experiment's space, completed with the recipe of the experiment's reference candidate
+(``verify.reference``: the parent's own recipe). Its config is the one the search trains
+(``Search.trial_config(candidate, "verify")``: the experiment's dataset, pinned keys, seed and
+MODEL.WEIGHTS = the parent, inherited onto the sub-network's architecture), with the schedule
+stretched to ``--iters`` (``budget.scale_schedule``; default 320 = 4x verify.max_iter).
+
+Phases (each resumable: rerun the same command to continue):
+
+``standalone``
+    1. Draws ``64 * n`` architectures of the space (``sample_archs``, seed 0, *without* the
+       experiment's constraints), costs each completed candidate (``space.cost``) and keeps
+       ``n`` at evenly spaced MFLOPs ranks (min .. max), the parent's own architecture
+       replacing the one nearest to it in MFLOPs. Saved first to ``DIR/subnets.json`` (id,
+       arch, mflops, params); a rerun reuses it (the same set).
+    2. Fine-tunes each standalone from the parent, one at a time, lowest and highest MFLOPs
+       first and then the gaps between (partial results already cover the range); each result
+       is appended to ``DIR/standalone.jsonl`` as it finishes (id, mflops, params, segm_AP,
+       bbox_AP, seconds, iters, seed). Runs live in ``DIR/runs/<id>-s<seed>`` (their
+       checkpoints are deleted once read unless ``--keep-checkpoints``).
+    3. Then ``--seeds-spread`` of them (spread over MFLOPs) again with seed 1: the reference's
+       own seed-to-seed spread (mean |AP difference| and Kendall tau of seed 0 vs seed 1),
+       written to ``DIR/seed_spread.json``.
+
+``stage1-cost``
+    Times 3 of the chosen sub-networks as stage 1 trains them today
+    (``trial_config(candidate, "stage1")``, successive halving's rungs: trained to the first
+    rung with its evaluation, then continued from that checkpoint to stage1.max_iter with
+    the final evaluation, as a Ray trial does, here in-process) -> ``DIR/stage1_cost.json``
+    (seconds per trial, trials per CPU-hour on 1 thread). Then the parent's own architecture
+    fine-tuned for ``--iters`` -> ``DIR/parent_cost.json`` ("one parent fine-tuning": the
+    denominator of "supernet training time vs one parent fine-tuning").
+
+Later phases (the supernet's zero-shot ranking) read the two files with ``load_subnets`` and
+``load_standalone``.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, Mapping, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from nars.engine.evaluator import recipe_metrics  # noqa: E402
+from nars.engine.events import read_metrics  # noqa: E402
+from nars.engine.trainer import START_WEIGHTS_FILE, train  # noqa: E402
+from nars.fileio import atomic_write_text  # noqa: E402
+from nars.model.weights import FINAL_WEIGHTS, named_checkpoint  # noqa: E402
+from nars.search.budget import scale_schedule  # noqa: E402
+from nars.search.driver import Search  # noqa: E402
+from nars.search.experiment import load_experiment  # noqa: E402
+from nars.search.halving import milestones  # noqa: E402
+from nars.supernet.subnets import arch_part, complete, sample_archs, subnet_id  # noqa: E402
+from search_spaces import SearchSpace  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "quickstart_finetune"
+SUBNETS_FILE = "subnets.json"
+STANDALONE_FILE = "standalone.jsonl"
+SEED_SPREAD_FILE = "seed_spread.json"
+STAGE1_COST_FILE = "stage1_cost.json"
+PARENT_COST_FILE = "parent_cost.json"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# -- the experiment, its space and configs ------------------------------------------------
+
+def experiment(name: str = EXPERIMENT) -> dict[str, Any]:
+    exp = load_experiment(name)
+    exp["workdir"] = str(REPO)  # its relative paths (parent, dataset) are the repository's
+    return exp
+
+
+def wait_for_parent(exp: Mapping[str, Any], poll_s: float = 30.0) -> None:
+    """Until the parent's final checkpoint exists. ``Search`` trains a parent whose folder holds
+    none yet; this bench must never start a second training of a parent being trained."""
+    value = exp["parent"]["weights"]
+    if not value or named_checkpoint(value) is not None:
+        return
+    path = (Path(exp["workdir"]) / value).resolve()
+    final = path if path.suffix == ".pth" else path / FINAL_WEIGHTS
+    waited = 0.0
+    while not final.is_file():
+        if waited % 600 == 0:
+            log(f"waiting for the parent's checkpoint {final}")
+        time.sleep(poll_s)
+        waited += poll_s
+    if waited:
+        time.sleep(poll_s)  # the parent's process may still be writing next to it
+
+
+def search_job(exp: dict[str, Any], work: Path) -> Search:
+    """The search's view of the experiment: its bound space and ``trial_config``."""
+    wait_for_parent(exp)
+    return Search(copy.deepcopy(exp), work, progress=False)
+
+
+def reference(job: Search) -> dict[str, Any]:
+    """The candidate whose recipe completes every sub-network (verify.reference)."""
+    name = job.exp["verify"]["reference"]
+    if name not in job.space.references:
+        raise SystemExit(f"space {job.space.name} has no reference {name!r}")
+    return job.space.references[name]
+
+
+def subnet_config(job: Search, arch: Mapping[str, Any], iters: int, seed: int) -> dict[str, Any]:
+    """The sub-network's verify config, stretched to ``iters``, evaluated only at the end."""
+    cfg = job.trial_config(complete(job.space, arch, reference(job)), "verify")
+    scale_schedule(cfg, iters)
+    cfg["TEST"]["EVAL_PERIOD"] = 0
+    cfg["SOLVER"]["CHECKPOINT_PERIOD"] = iters + 1
+    cfg["SEED"] = seed
+    return cfg
+
+
+# -- choosing the sub-networks --------------------------------------------------------------
+
+def choose_subnets(space: SearchSpace, ref: Mapping[str, Any], n: int, seed: int = 0,
+                   draws_per_pick: int = 64) -> list[dict[str, Any]]:
+    """``n`` architectures at evenly spaced MFLOPs ranks of ``draws_per_pick * n`` uniform
+    draws (no constraints), the parent's architecture replacing the nearest in MFLOPs; sorted
+    by MFLOPs. Each: id, arch, mflops, params, parent (bool)."""
+    def entry(arch: Mapping[str, Any]) -> dict[str, Any]:
+        mflops, params = space.cost(complete(space, arch, ref))
+        return {"id": subnet_id(arch), "arch": dict(arch), "mflops": float(mflops), "params": int(params)}
+
+    pool = sorted((entry(a) for a in sample_archs(space, draws_per_pick * n, seed=seed)), key=lambda e: e["mflops"])
+    if len(pool) < n:
+        raise SystemExit(f"the space holds only {len(pool)} distinct architectures, fewer than --n {n}")
+    ranks = sorted({int(round(i * (len(pool) - 1) / max(1, n - 1))) for i in range(n)})
+    chosen = [pool[r] for r in ranks]
+    parent = entry(arch_part(space, ref))
+    if parent["id"] not in {c["id"] for c in chosen}:
+        nearest = min(range(len(chosen)), key=lambda i: abs(chosen[i]["mflops"] - parent["mflops"]))
+        chosen[nearest] = parent
+    for c in chosen:
+        c["parent"] = c["id"] == parent["id"]
+    return sorted(chosen, key=lambda c: c["mflops"])
+
+
+def spread_order(n: int) -> list[int]:
+    """Indices 0..n-1 (sorted by MFLOPs) so that every prefix covers the range: both ends,
+    then always the index farthest from those already taken (ties: the lower)."""
+    if n <= 2:
+        return list(range(n))
+    order = [0, n - 1]
+    while len(order) < n:
+        order.append(max((i for i in range(n) if i not in order), key=lambda i: min(abs(i - j) for j in order)))
+    return order
+
+
+def spread_picks(n: int, k: int) -> list[int]:
+    """``k`` indices evenly spaced over 0..n-1 (both ends included)."""
+    k = min(k, n)
+    if k <= 0:
+        return []
+    if k == 1:
+        return [n // 2]
+    return sorted({int(round(i * (n - 1) / (k - 1))) for i in range(k)})
+
+
+# -- the files (later phases read them) -------------------------------------------------------
+
+def load_subnets(work: str | Path) -> list[dict[str, Any]]:
+    """``WORK/subnets.json``: the chosen sub-networks (id, arch, mflops, params, parent), by MFLOPs."""
+    return json.loads((Path(work) / SUBNETS_FILE).read_text())["subnets"]
+
+
+def load_standalone(work: str | Path, seed: int | None = None) -> list[dict[str, Any]]:
+    """``WORK/standalone.jsonl``'s finished runs (one row per run; ``seed``: only that seed's).
+    A torn last line (a killed append) is skipped."""
+    path = Path(work) / STANDALONE_FILE
+    rows = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if seed is None or row["seed"] == seed:
+                rows.append(row)
+    return rows
+
+
+def append_row(path: Path, row: Mapping[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def subnets_file(work: Path, job: Search, n: int) -> list[dict[str, Any]]:
+    path = work / SUBNETS_FILE
+    if path.is_file():
+        subnets = load_subnets(work)
+        if len(subnets) != n:
+            log(f"{path} holds {len(subnets)} sub-networks (not --n {n}); using them as they are")
+        return subnets
+    subnets = choose_subnets(job.space, reference(job), n, seed=job.exp["seed"])
+    atomic_write_text(path, json.dumps({"experiment": job.exp["name"], "space": job.space.name,
+                                        "reference": job.exp["verify"]["reference"], "seed": job.exp["seed"],
+                                        "subnets": subnets}, indent=1) + "\n")
+    return subnets
+
+
+# -- training ---------------------------------------------------------------------------------
+
+def _ap(metrics: Mapping[str, Any] | None, task: str) -> float:
+    value = ((metrics or {}).get(task) or {}).get("AP")
+    return float(value) if value is not None and value >= 0 else 0.0
+
+
+def train_seconds(out: Path) -> float:
+    """The training loop's own time (data + step, from the logged per-iteration means)."""
+    total, prev = 0.0, -1
+    for r in read_metrics(out):
+        if "time" in r and "iteration" in r:
+            total += r["time"] * (r["iteration"] - prev)
+            prev = r["iteration"]
+    return total
+
+
+def run_one(cfg: Mapping[str, Any], out: Path, keep_checkpoints: bool) -> dict[str, Any]:
+    """Train ``cfg`` into ``out`` (from scratch: a leftover folder is removed); its results."""
+    if out.exists():
+        shutil.rmtree(out)
+    start = time.time()
+    metrics = train(cfg, out, progress=False)
+    seconds = time.time() - start
+    metrics = recipe_metrics(metrics or {})
+    loop = train_seconds(out)
+    inherited = out / START_WEIGHTS_FILE
+    row = {"segm_AP": _ap(metrics, "segm"), "bbox_AP": _ap(metrics, "bbox"), "seconds": round(seconds, 1),
+           "train_seconds": round(loop, 1), "s_per_iter": round(loop / cfg["SOLVER"]["MAX_ITER"], 4),
+           "inherited": json.loads(inherited.read_text()).get("fraction") if inherited.is_file() else None}
+    if not keep_checkpoints:
+        for p in out.glob("*.pth"):
+            p.unlink()
+    return row
+
+
+def standalone(args: argparse.Namespace) -> None:
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    exp = experiment()
+    job = search_job(exp, work)
+    subnets = subnets_file(work, job, args.n)
+    lo, hi = subnets[0]["mflops"], subnets[-1]["mflops"]
+    log(f"{len(subnets)} sub-networks, {lo:.0f}..{hi:.0f} MFLOPs (parent: "
+        f"{next((s['mflops'] for s in subnets if s.get('parent')), float('nan')):.0f}); {args.iters} iterations each")
+    seed0 = exp["seed"]
+    jobs = [(subnets[i], seed0) for i in spread_order(len(subnets))]
+    jobs += [(subnets[i], seed0 + 1) for i in spread_picks(len(subnets), args.seeds_spread)]
+    results = work / STANDALONE_FILE
+    done = {(r["id"], r["seed"], r["iters"]) for r in load_standalone(work)}
+    todo = [(s, seed) for s, seed in jobs if (s["id"], seed, args.iters) not in done]
+    log(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {results}; {len(todo)} to train")
+    spent: list[tuple[float, float]] = []  # (mflops, seconds) of the runs of this process
+    for k, (s, seed) in enumerate(todo, 1):
+        cfg = subnet_config(job, s["arch"], args.iters, seed)
+        row = run_one(cfg, work / "runs" / f"{s['id']}-s{seed}", args.keep_checkpoints)
+        row = {"id": s["id"], "mflops": s["mflops"], "params": s["params"], **row, "iters": args.iters, "seed": seed,
+               "parent": bool(s.get("parent"))}
+        append_row(results, row)
+        spent.append((s["mflops"], row["seconds"]))
+        eta = _eta(spent, [t[0]["mflops"] for t in todo[k:]])
+        log(f"{len(jobs) - len(todo) + k}/{len(jobs)} {s['id']} seed {seed}: {s['mflops']:.0f} MFLOPs, "
+            f"segm AP {row['segm_AP']:.2f}, bbox AP {row['bbox_AP']:.2f}, {row['seconds']:.0f} s "
+            f"({row['s_per_iter']:.2f} s/it); ETA {eta / 60:.0f} min")
+    report_spread(work, exp["seed"], args.iters)
+
+
+def _eta(spent: Sequence[tuple[float, float]], left: Sequence[float]) -> float:
+    """Seconds left: a line (seconds vs MFLOPs) fitted to the runs so far, once two differ."""
+    x, y = np.array([m for m, _ in spent]), np.array([s for _, s in spent])
+    if len(spent) >= 2 and np.ptp(x) > 0:
+        slope, icpt = np.polyfit(x, y, 1)
+        return float(sum(max(icpt + slope * m, 0.25 * y.min()) for m in left))
+    return float(y.mean() * len(left))
+
+
+def report_spread(work: Path, seed: int, iters: int) -> dict[str, Any] | None:
+    """Seed ``seed`` vs ``seed + 1`` over the sub-networks run with both."""
+    from scipy.stats import kendalltau
+
+    rows = [r for r in load_standalone(work) if r["iters"] == iters]
+    a = {r["id"]: r for r in rows if r["seed"] == seed}
+    b = {r["id"]: r for r in rows if r["seed"] == seed + 1}
+    ids = sorted((i for i in a if i in b), key=lambda i: a[i]["mflops"])
+    if not ids:
+        return None
+    out: dict[str, Any] = {"seeds": [seed, seed + 1], "iters": iters, "n": len(ids), "ids": ids}
+    for task in ("segm", "bbox"):
+        x = np.array([a[i][f"{task}_AP"] for i in ids])
+        y = np.array([b[i][f"{task}_AP"] for i in ids])
+        tau = float(kendalltau(x, y).statistic) if len(ids) >= 2 else float("nan")
+        tau = None if np.isnan(tau) else tau  # fewer than 2 runs, or constant APs
+        out[task] = {"mean_abs_diff": float(np.abs(x - y).mean()), "max_abs_diff": float(np.abs(x - y).max()),
+                     "kendall_tau": tau, f"seed{seed}": x.tolist(), f"seed{seed + 1}": y.tolist()}
+    atomic_write_text(work / SEED_SPREAD_FILE, json.dumps(out, indent=1) + "\n")
+    for task in ("segm", "bbox"):
+        t = out[task]
+        tau = "n/a" if t["kendall_tau"] is None else f"{t['kendall_tau']:.3f}"
+        log(f"seed spread ({len(ids)} sub-networks, {task} AP): mean |diff| {t['mean_abs_diff']:.2f}, "
+            f"max {t['max_abs_diff']:.2f}, Kendall tau {tau}")
+    return out
+
+
+# -- stage-1 cost -------------------------------------------------------------------------------
+
+def stage1_trial(job: Search, arch: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """One stage-1 trial as the search trains it: each successive-halving rung a train() call
+    to the rung (evaluation and checkpoint there), the next continuing from that checkpoint."""
+    cfg = job.trial_config(complete(job.space, arch, reference(job)), "stage1")
+    es = job.exp["stage1"]["early_stop"]
+    rungs = milestones(es["grace_period"], es["reduction_factor"], cfg["SOLVER"]["MAX_ITER"])
+    if out.exists():
+        shutil.rmtree(out)
+    times, aps = [], []
+    for k, stop in enumerate(rungs):
+        start = time.time()
+        metrics = recipe_metrics(train(cfg, out, resume=k > 0, progress=False, stop_at=stop) or {})
+        times.append(time.time() - start)
+        aps.append(_ap(metrics, "segm"))
+    shutil.rmtree(out)
+    return {"max_iter": cfg["SOLVER"]["MAX_ITER"], "eval_period": cfg["TEST"]["EVAL_PERIOD"], "rungs": rungs,
+            "rung_seconds": [round(t, 1) for t in times], "seconds": round(sum(times), 1),
+            "seconds_to_first_rung": round(times[0], 1), "segm_AP_at_rungs": aps}
+
+
+def stage1_cost(args: argparse.Namespace) -> None:
+    work = Path(args.work).resolve()
+    exp = experiment()
+    job = search_job(exp, work)
+    if not (work / SUBNETS_FILE).is_file():
+        raise SystemExit(f"{work / SUBNETS_FILE} does not exist: run the standalone phase first")
+    subnets = load_subnets(work)
+    picks = [subnets[i] for i in spread_picks(len(subnets), 3)]
+    trials = []
+    for s in picks:
+        t = stage1_trial(job, s["arch"], work / "runs" / f"stage1-{s['id']}")
+        trials.append({"id": s["id"], "mflops": s["mflops"], "params": s["params"], **t})
+        log(f"stage-1 trial {s['id']} ({s['mflops']:.0f} MFLOPs): {t['seconds']:.0f} s "
+            f"(rungs {t['rungs']}: {t['rung_seconds']} s)")
+    mean = float(np.mean([t["seconds"] for t in trials]))
+    first = float(np.mean([t["seconds_to_first_rung"] for t in trials]))
+    out = {"threads": torch.get_num_threads(), "trials": trials, "mean_seconds_per_trial": round(mean, 1),
+           "trials_per_cpu_hour": round(3600 / mean, 2),
+           "mean_seconds_pruned_at_first_rung": round(first, 1),
+           "note": "full trials (every rung); a trial pruned at the first rung costs mean_seconds_pruned_at_first_rung"}
+    atomic_write_text(work / STAGE1_COST_FILE, json.dumps(out, indent=1) + "\n")
+    log(f"stage 1: {mean:.0f} s per trial -> {3600 / mean:.1f} trials per CPU-hour (1 thread)")
+
+    parent = next((s for s in subnets if s.get("parent")), None)
+    if parent is None:
+        raise SystemExit(f"{work / SUBNETS_FILE} holds no parent architecture")
+    cfg = subnet_config(job, parent["arch"], args.iters, exp["seed"])
+    row = run_one(cfg, work / "runs" / f"parent-cost-{parent['id']}", keep_checkpoints=False)
+    shutil.rmtree(work / "runs" / f"parent-cost-{parent['id']}")
+    out = {"id": parent["id"], "mflops": parent["mflops"], "params": parent["params"], "iters": args.iters,
+           "threads": torch.get_num_threads(), **row,
+           "note": "seconds: build + train + final evaluation; train_seconds / s_per_iter: the training loop only"}
+    atomic_write_text(work / PARENT_COST_FILE, json.dumps(out, indent=1) + "\n")
+    log(f"one parent fine-tuning ({args.iters} iterations): {row['seconds']:.0f} s, "
+        f"{row['s_per_iter']:.3f} s per iteration (segm AP {row['segm_AP']:.2f})")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="phase", required=True)
+    p = sub.add_parser("standalone", help="fine-tune the chosen sub-networks standalone from the parent")
+    p.add_argument("--work", required=True)
+    p.add_argument("--n", type=int, default=24, help="how many sub-networks (default 24)")
+    p.add_argument("--iters", type=int, default=320, help="iterations per fine-tuning (default 320)")
+    p.add_argument("--seeds-spread", type=int, default=4, help="sub-networks trained again with seed 1 (default 4)")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's model_final.pth")
+    p.set_defaults(func=standalone)
+    c = sub.add_parser("stage1-cost", help="time stage-1 trials and one parent fine-tuning")
+    c.add_argument("--work", required=True)
+    c.add_argument("--iters", type=int, default=320, help="iterations of the parent fine-tuning timed (default 320)")
+    c.set_defaults(func=stage1_cost)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    log(f"{' '.join(sys.argv)} (torch threads: {torch.get_num_threads()})")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
