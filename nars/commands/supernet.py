@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 from pathlib import Path
 
@@ -56,8 +55,7 @@ def _process(exp: dict, out: str, resume: bool) -> None:
     from nars.supernet.setup import build
     from nars.supernet.train import train_supernet
 
-    setup_logging(comm.get_rank())
-    logging.getLogger("nars").setLevel(logging.INFO)
+    setup_logging(comm.get_rank())  # INFO on the main process, warnings elsewhere
     train_supernet(build(exp, Path(out)), Path(out), resume=resume)
 
 
@@ -90,7 +88,6 @@ def run_train(args: argparse.Namespace) -> int:
         exp = load_experiment(experiment, positional)
         exp["workdir"] = os.getcwd()
     setup_logging()
-    logging.getLogger("nars").setLevel(logging.INFO)
     net = build(exp, out)  # checked here, before N processes start
     device = comm.device_for(net.search.base["MODEL"]["DEVICE"])
     try:
