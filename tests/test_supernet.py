@@ -198,8 +198,9 @@ def _one_line(capsys, code, *expected):
     return err
 
 
-def test_bad_supernet_input_is_one_line(trained, tmp_path, capsys):
+def test_bad_supernet_input_is_one_line(trained, tmp_path, capsys, monkeypatch):
     _, net_dir = trained
+    monkeypatch.chdir(tmp_path)
     _one_line(capsys, main(["supernet", "eval", str(tmp_path)]), "not a supernet folder")
     _one_line(capsys, main(["supernet", "extract", str(net_dir), "--id", "nope", "--out", str(tmp_path / "x")]),
               "no evaluated sub-network")
@@ -208,6 +209,7 @@ def test_bad_supernet_input_is_one_line(trained, tmp_path, capsys):
     _one_line(capsys, main(["supernet", "train", str(DATA / "tiny_search.yaml"), "--out", str(tmp_path / "n"),
                             "supernet.k", "-1"]), "supernet.k")
     _one_line(capsys, main(["supernet", "eval", str(net_dir), "--sample", "0"]), "--sample")
+    assert not any(tmp_path.iterdir())  # refused before any data was made
 
 
 def test_the_commands_train_interrupt_resume_evaluate_and_extract(tmp_path):

@@ -67,7 +67,7 @@ def run_train(args: argparse.Namespace) -> int:
     from nars.search.driver import first_difference
     from nars.search.experiment import load_experiment
     from nars.supernet.setup import META_FILE, build
-    from nars.supernet.train import stored_experiment
+    from nars.supernet.train import check_new, stored_experiment
 
     args = parse_late_options(args)
     if not args.out:
@@ -87,6 +87,7 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         exp = load_experiment(experiment, positional)
         exp["workdir"] = os.getcwd()
+        check_new(out, args.resume)  # before the experiment's data is made
     setup_logging()
     net = build(exp, out)  # checked here, before N processes start
     device = comm.device_for(net.search.base["MODEL"]["DEVICE"])

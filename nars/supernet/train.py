@@ -296,11 +296,16 @@ def _check_same(net: Supernet, checkpoint: Mapping[str, Any], path: Path | None)
                         "this experiment's; resume it with its own (nars supernet train --out DIR --resume)")
 
 
+def check_new(out_dir: Path, resume: bool) -> None:
+    """A new supernet needs a new or empty folder."""
+    if not resume and out_dir.is_dir() and any(out_dir.iterdir()):
+        raise UserError(f"{out_dir}: not empty; choose a new --out folder, or add --resume to continue its supernet")
+
+
 def train_supernet(net: Supernet, out_dir: Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or continue) the supernet in ``out_dir``; returns its final checkpoint."""
     out_dir = Path(out_dir)
-    if not resume and out_dir.is_dir() and any(out_dir.iterdir()):
-        raise UserError(f"{out_dir}: not empty; choose a new --out folder, or add --resume to continue its supernet")
+    check_new(out_dir, resume)
     trainer = SupernetTrainer(net, out_dir, resume=resume, progress=progress)
     comm.barrier()
     writer = None
