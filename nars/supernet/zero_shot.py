@@ -206,7 +206,8 @@ def extract(net_dir: Path, arch_id: str, out: Path) -> dict[str, Any]:
                         f"nars supernet eval {net_dir}")
     record = found[0]
     cfg, model = evaluator.subnet(record["choices"])
-    cfg["MODEL"]["WEIGHTS"] = ""  # the checkpoint beside it holds every weight
+    cfg["MODEL"]["WEIGHTS"] = str(out.resolve() / FINAL_WEIGHTS)  # nars train fine-tunes from the extracted weights
+    cfg["MODEL"]["WEIGHTS_ARCH"] = ""
     cfg["OUTPUT_DIR"] = str(out)
     checkpoint = {"model": model.state_dict(), "arch": model.arch.to_data(),
                   "categories": read_checkpoint(evaluator.checkpoint).get("categories"),
