@@ -39,8 +39,18 @@ Phases (each resumable: rerun the same command to continue):
     fine-tuned for ``--iters`` -> ``DIR/parent_cost.json`` ("one parent fine-tuning": the
     denominator of "supernet training time vs one parent fine-tuning").
 
-Later phases (the supernet's zero-shot ranking) read the two files with ``load_subnets`` and
-``load_standalone``.
+``zeroshot --supernet DIR [--label L]``
+    The zero-shot AP of every chosen sub-network from a trained supernet (``nars supernet
+    train quickstart_finetune --out DIR``; cached in its ``zero_shot.json``) against the
+    standalone reference: Kendall tau and Spearman rho (segm, bbox), the median zero-shot /
+    standalone ratio, the parent's architecture against the parent fine-tuned alone
+    (``stage1-cost --iters`` = the supernet's iterations), and the costs as ratios: supernet
+    training time / one parent fine-tuning of as many iterations, zero-shot evaluations /
+    stage-1 trials per CPU-hour -> ``DIR/fidelity_L.json``.
+
+``memory [--iters N]``
+    Peak RSS of a supernet training and of one parent fine-tuning, each a fresh process of N
+    iterations -> ``DIR/memory.json``.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ import argparse  # noqa: E402
 import copy  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -62,6 +73,7 @@ from typing import Any, Mapping, Sequence  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from nars.config import dump  # noqa: E402
 from nars.engine.evaluator import recipe_metrics  # noqa: E402
 from nars.engine.events import read_metrics  # noqa: E402
 from nars.engine.trainer import START_WEIGHTS_FILE, train  # noqa: E402
@@ -389,6 +401,95 @@ def stage1_cost(args: argparse.Namespace) -> None:
         f"{row['s_per_iter']:.3f} s per iteration (segm AP {row['segm_AP']:.2f})")
 
 
+# -- the supernet against the reference --------------------------------------------------------
+
+def zeroshot(args: argparse.Namespace) -> None:
+    """Zero-shot AP of every chosen sub-network from a trained supernet (``--supernet DIR``,
+    cached in its ``zero_shot.json``), against the standalone reference: Kendall tau, the
+    zero-shot / standalone ratio, the parent's architecture, and the costs as ratios."""
+    from scipy.stats import kendalltau, spearmanr
+
+    from nars.supernet.zero_shot import Cache, Evaluator
+
+    work, net_dir = Path(args.work).resolve(), Path(args.supernet).resolve()
+    subnets = load_subnets(work)
+    evaluator = Evaluator(net_dir)
+    cache = Cache(net_dir)
+    rows = []
+    for k, s in enumerate(subnets):
+        key = evaluator.key(s["arch"])
+        if key not in cache.entries:
+            cache.put(key, evaluator.evaluate(s["arch"]))
+        rec = cache.entries[key]
+        rows.append({**rec, "parent": bool(s.get("parent"))})
+        log(f"{k + 1}/{len(subnets)} {rec['id']}: {rec['mflops']:.0f} MFLOPs, zero-shot segm AP {rec['segm_AP']:.4f}, "
+            f"bbox AP {rec['bbox_AP']:.4f} ({rec['seconds']:.1f} s)")
+    seed = evaluator.net.exp["seed"]
+    reference = {r["id"]: r for r in load_standalone(work, seed=seed)}
+    paired = [(r, reference[r["id"]]) for r in rows if r["id"] in reference]
+    out: dict[str, Any] = {"supernet": str(net_dir), "label": args.label, "n": len(paired), "rows": rows,
+                           "reference_iters": sorted({ref["iters"] for _, ref in paired})}
+    if len(paired) >= 3:
+        for task in ("segm_AP", "bbox_AP"):
+            z, s = [r[task] for r, _ in paired], [ref[task] for _, ref in paired]
+            out[f"kendall_tau_{task}"] = float(kendalltau(z, s).statistic)
+            out[f"spearman_{task}"] = float(spearmanr(z, s).statistic)
+        ratios = [r["segm_AP"] / ref["segm_AP"] for r, ref in paired if ref["segm_AP"] > 0]
+        out["median_ratio_segm"] = float(np.median(ratios))
+        out["median_zero_shot_segm"] = float(np.median([r["segm_AP"] for r, _ in paired]))
+        out["median_standalone_segm"] = float(np.median([ref["segm_AP"] for _, ref in paired]))
+    parent = next((r for r in rows if r["parent"]), None)
+    supernet_seconds = train_seconds(net_dir)
+    iters = evaluator.net.exp["supernet"]["max_iter"]
+    cost = _read_json(work / PARENT_COST_FILE)  # the parent fine-tuned alone (stage1-cost --iters: the supernet's)
+    if parent is not None and cost is not None:
+        out["parent"] = {"zero_shot_segm_AP": parent["segm_AP"], "alone_segm_AP": cost["segm_AP"],
+                         "alone_iters": cost["iters"], "difference": round(parent["segm_AP"] - cost["segm_AP"], 4)}
+    stage1 = _read_json(work / STAGE1_COST_FILE)
+    eval_seconds = float(np.median([r["seconds"] for r in rows]))
+    out["cost"] = {"supernet_seconds": round(supernet_seconds, 1), "supernet_iters": iters,
+                   "zero_shot_seconds_median": round(eval_seconds, 2),
+                   "zero_shot_per_cpu_hour": round(3600 / eval_seconds, 1)}
+    if cost is not None:
+        out["cost"]["parent_s_per_iter"] = cost["s_per_iter"]
+        out["cost"]["supernet_vs_parent_finetuning"] = round(supernet_seconds / (cost["s_per_iter"] * iters), 2)
+    if stage1 is not None:
+        out["cost"]["stage1_trials_per_cpu_hour"] = stage1["trials_per_cpu_hour"]
+        out["cost"]["evaluations_vs_trials_per_cpu_hour"] = round(3600 / eval_seconds / stage1["trials_per_cpu_hour"], 1)
+    atomic_write_text(work / f"fidelity_{args.label}.json", json.dumps(out, indent=1) + "\n")
+    log(json.dumps({k: v for k, v in out.items() if k != "rows"}, indent=1))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak resident memory of a supernet training and of one parent fine-tuning, each a fresh
+    process of ``--iters`` iterations (os.wait4's ru_maxrss of that child alone)."""
+    work = Path(args.work).resolve()
+    job = search_job(experiment(), work)
+    parent = next(s for s in load_subnets(work) if s.get("parent"))
+    config = work / "mem_parent.yaml"
+    atomic_write_text(config, dump(subnet_config(job, parent["arch"], args.iters, job.exp["seed"])))
+    nars = [sys.executable, "-m", "nars.cli"]
+    runs = {
+        "supernet": nars + ["supernet", "train", EXPERIMENT, "--out", str(work / "mem_supernet"),
+                            "supernet.max_iter", str(args.iters)],
+        "parent_finetuning": nars + ["train", str(config), "--out", str(work / "mem_parent")],
+    }
+    out: dict[str, Any] = {"iters": args.iters}
+    for name, cmd in runs.items():
+        for folder in (work / "mem_supernet", work / "mem_parent"):
+            shutil.rmtree(folder, ignore_errors=True)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        out[name] = {"peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "exit": os.waitstatus_to_exitcode(status)}
+        log(f"{name}: peak RSS {out[name]['peak_rss_mib']} MiB")
+    out["ratio"] = round(out["supernet"]["peak_rss_mib"] / out["parent_finetuning"]["peak_rss_mib"], 2)
+    atomic_write_text(work / "memory.json", json.dumps(out, indent=1) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="phase", required=True)
@@ -403,6 +504,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--work", required=True)
     c.add_argument("--iters", type=int, default=320, help="iterations of the parent fine-tuning timed (default 320)")
     c.set_defaults(func=stage1_cost)
+    z = sub.add_parser("zeroshot", help="a trained supernet's zero-shot APs of the chosen sub-networks against the "
+                                        "standalone reference (tau, ratios, costs)")
+    z.add_argument("--work", required=True)
+    z.add_argument("--supernet", required=True, metavar="DIR", help="a folder of nars supernet train")
+    z.add_argument("--label", default="kd", help="names the result file fidelity_LABEL.json (default kd)")
+    z.set_defaults(func=zeroshot)
+    m = sub.add_parser("memory", help="peak RSS of a supernet training and of one parent fine-tuning")
+    m.add_argument("--work", required=True)
+    m.add_argument("--iters", type=int, default=8, help="iterations of each (default 8)")
+    m.set_defaults(func=memory)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     log(f"{' '.join(sys.argv)} (torch threads: {torch.get_num_threads()})")
