@@ -275,6 +275,28 @@ def run_one(cfg: Mapping[str, Any], out: Path, keep_checkpoints: bool) -> dict[s
     return row
 
 
+def _claim(work: Path, arch_id: str, seed: int, iters: int) -> bool:
+    """Whether this process takes the run: not finished yet and not claimed by another live
+    worker (``runs/ID-sSEED.claim`` holds its pid), so several workers share one work folder."""
+    if (arch_id, seed, iters) in {(r["id"], r["seed"], r["iters"]) for r in load_standalone(work)}:
+        return False
+    claim = work / "runs" / f"{arch_id}-s{seed}.claim"
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    if claim.is_file():
+        try:
+            os.kill(int(claim.read_text()), 0)
+            return False  # its worker is alive
+        except (ProcessLookupError, ValueError):
+            claim.unlink()
+    try:
+        fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    return True
+
+
 def standalone(args: argparse.Namespace) -> None:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -293,6 +315,8 @@ def standalone(args: argparse.Namespace) -> None:
     log(f"{len(jobs) - len(todo)} of {len(jobs)} runs already in {results}; {len(todo)} to train")
     spent: list[tuple[float, float]] = []  # (mflops, seconds) of the runs of this process
     for k, (s, seed) in enumerate(todo, 1):
+        if not _claim(work, s["id"], seed, args.iters):  # another worker (a second process) has it
+            continue
         cfg = subnet_config(job, s["arch"], args.iters, seed)
         row = run_one(cfg, work / "runs" / f"{s['id']}-s{seed}", args.keep_checkpoints)
         row = {"id": s["id"], "mflops": s["mflops"], "params": s["params"], **row, "iters": args.iters, "seed": seed,
