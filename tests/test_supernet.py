@@ -24,7 +24,7 @@ from nars.search.experiment import load_experiment
 from nars.supernet import setup, train, zero_shot
 from nars.supernet.subnets import complete, largest, sample_archs, smallest, subnet_id
 from search_spaces import load_space
-from tests.rounding import SAME_FUNCTION
+from rounding import SAME_FUNCTION
 
 DATA = Path(__file__).parent / "data"
 TINY = ["supernet.max_iter", "4", "supernet.checkpoint_period", "2", "supernet.sort_period", "2",
@@ -100,7 +100,7 @@ def test_a_subnet_trains_exactly_its_slice(space_and_configs, tiny_cfg):
     torch.manual_seed(0)
     supernet = ElasticFBNetV3IS(build_model(cfg(largest(space)))).train()
     child = build_model(cfg(smallest(space))).train()
-    from tests.conftest import make_target
+    from conftest import make_target
 
     target = make_target(64, 64, [[8.0, 8.0, 40.0, 50.0]], [1])
     losses = supernet.forward_child(child, [torch.rand(3, 64, 64) * 255], [target])
