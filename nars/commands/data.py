@@ -51,27 +51,25 @@ def run_shapes(args: argparse.Namespace) -> int:
     written = generate_shapes(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed,
                               domain=args.domain)
     what = f"{args.train} train + {args.val} val {args.domain} images of {args.size}x{args.size}, seed {args.seed}"
+    return _report(args.out, written, what, f"classes {', '.join(CATEGORIES)}", len(CATEGORIES))
+
+
+def _report(out: str, written: bool, what: str, classes: str, num_classes: int) -> int:
+    """What a generator command did, and the config keys that use its dataset."""
     if not written:
-        print(f"{args.out} already holds this dataset ({what}); nothing to do")
+        print(f"{out} already holds this dataset ({what}); nothing to do")
         return 0
-    print(f"wrote {args.out}: {what}, classes {', '.join(CATEGORIES)}")
-    print(f"use: DATASETS.TRAIN.JSON {args.out}/train.json DATASETS.TRAIN.IMAGES {args.out}/train "
-          f"DATASETS.TEST.JSON {args.out}/val.json DATASETS.TEST.IMAGES {args.out}/val "
-          f"MODEL.ROI_HEADS.NUM_CLASSES {len(CATEGORIES)}")
+    print(f"wrote {out}: {what}, {classes}")
+    print(f"use: DATASETS.TRAIN.JSON {out}/train.json DATASETS.TRAIN.IMAGES {out}/train "
+          f"DATASETS.TEST.JSON {out}/val.json DATASETS.TEST.IMAGES {out}/val "
+          f"MODEL.ROI_HEADS.NUM_CLASSES {num_classes}")
     return 0
 
 
 def run_coins(args: argparse.Namespace) -> int:
     written = coins.generate_coins(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
     what = f"{args.train} train + {args.val} val coin images of {args.size}x{args.size}, seed {args.seed}"
-    if not written:
-        print(f"{args.out} already holds this dataset ({what}); nothing to do")
-        return 0
-    print(f"wrote {args.out}: {what}, class {', '.join(coins.CATEGORIES)}")
-    print(f"use: DATASETS.TRAIN.JSON {args.out}/train.json DATASETS.TRAIN.IMAGES {args.out}/train "
-          f"DATASETS.TEST.JSON {args.out}/val.json DATASETS.TEST.IMAGES {args.out}/val "
-          f"MODEL.ROI_HEADS.NUM_CLASSES {len(coins.CATEGORIES)}")
-    return 0
+    return _report(args.out, written, what, f"class {', '.join(coins.CATEGORIES)}", len(coins.CATEGORIES))
 
 
 def run_info(args: argparse.Namespace) -> int:

@@ -53,9 +53,8 @@ from pycocotools import mask as mask_util
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
-from nars.data.shapes import SPLITS, _holds
+from nars.data.shapes import SPLITS, write_generated
 from nars.errors import UserError
-from nars.fileio import make_dirs, staged_folder
 
 CATEGORIES = ("coin",)
 VERSION = 1  # bump when the composition changes, so old folders no longer count as "the same dataset"
@@ -242,20 +241,8 @@ def generate_coins(out: str | Path, *, train: int = 200, val: int = 50, size: in
     for flag, value, low in (("--train", train, 1), ("--val", val, 1), ("--size", size, MIN_SIZE), ("--seed", seed, 0)):
         if value < low:
             raise UserError(f"{flag} must be >= {low}, got {value}")
-    out = Path(out)
     params = {"generator": "nars.data.coins", "version": VERSION, "seed": seed, "size": size, "train": train,
               "val": val}
-    if out.exists():
-        if not out.is_dir():
-            raise UserError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()):
-            if _holds(out, params):
-                return False
-            raise UserError(f"{out}: not empty and not a coins dataset with these parameters; "
-                            "choose another folder or remove it")
-    target = make_dirs(out.absolute().parent, "the dataset's parent folder") / out.name
-    with staged_folder(target, "the coins dataset") as staging, \
-            tqdm(total=train + val, desc=f"coins {out}", unit="img", disable=not progress) as bar:
-        for split, count in enumerate((train, val)):
-            _write_split(staging, split, count, size, seed, params, bar)
-    return True
+    return write_generated(Path(out), params, "coins", (train, val),
+                           lambda staging, split, count, bar: _write_split(staging, split, count, size, seed, params, bar),
+                           progress)

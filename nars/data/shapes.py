@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -211,19 +211,31 @@ def generate_shapes(out: str | Path, *, train: int = 300, val: int = 50, size: i
             raise UserError(f"{flag} must be >= {low}, got {value}")
     if domain not in DOMAINS:
         raise UserError(f"--domain must be one of {', '.join(DOMAINS)}, got {domain!r}")
-    out = Path(out)
     params = _params(train, val, size, seed, domain)
+    return write_generated(Path(out), params, "shapes", (train, val),
+                           lambda staging, split, count, bar: _write_split(staging, split, count, size, seed, params, bar),
+                           progress)
+
+
+WriteSplit = Callable[[Path, int, int, tqdm], None]
+
+
+def write_generated(out: Path, params: dict[str, Any], kind: str, counts: tuple[int, int], write_split: WriteSplit,
+                    progress: bool) -> bool:
+    """A generated dataset's folder, written whole or not at all (staged, renamed into place):
+    False when ``out`` already holds exactly this dataset (its ``params``); another non-empty
+    folder is refused. ``write_split(staging, split, count, bar)`` writes each split."""
     if out.exists():
         if not out.is_dir():
             raise UserError(f"{out}: exists and is not a folder")
         if any(out.iterdir()):
             if _holds(out, params):
                 return False
-            raise UserError(f"{out}: not empty and not a shapes dataset with these parameters; "
+            raise UserError(f"{out}: not empty and not a {kind} dataset with these parameters; "
                             "choose another folder or remove it")
     target = make_dirs(out.absolute().parent, "the dataset's parent folder") / out.name
-    with staged_folder(target, "the shapes dataset") as staging, \
-            tqdm(total=train + val, desc=f"shapes {out}", unit="img", disable=not progress) as bar:
-        for split, count in enumerate((train, val)):
-            _write_split(staging, split, count, size, seed, params, bar)
+    with staged_folder(target, f"the {kind} dataset") as staging, \
+            tqdm(total=sum(counts), desc=f"{kind} {out}", unit="img", disable=not progress) as bar:
+        for split, count in enumerate(counts):
+            write_split(staging, split, count, bar)
     return True
