@@ -139,7 +139,7 @@ def unit_candidate(space: SearchSpace, u: Any) -> dict[str, Any]:
 
 
 def feasible(space: SearchSpace, candidate: Mapping[str, Any], constraints: Mapping[str, float | None]) -> bool:
-    mflops, params = space._cost(candidate)  # from_unit's candidates are canonical
+    mflops, params = space.cost(candidate, canonical=True)  # from_unit's candidates are canonical
     return (constraints["max_mflops"] is None or mflops <= constraints["max_mflops"]) and (
         constraints["max_params"] is None or params <= constraints["max_params"])
 
@@ -182,7 +182,8 @@ def tune_trial(config: dict[str, Any], job: Search, root: str, threads: int) -> 
     torch.set_num_threads(threads)
     candidate = unit_candidate(job.space, config["u"])
     if not feasible(job.space, candidate, job.exp["constraints"]):
-        raise UserError(f"infeasible: {job.space._cost(candidate)} (MFLOPs, params) outside the constraints")
+        cost = job.space.cost(candidate, canonical=True)
+        raise UserError(f"infeasible: {cost} (MFLOPs, params) outside the constraints")
     out = Path(root) / tune.get_context().get_trial_id()
     if out.exists():
         shutil.rmtree(out)
@@ -265,7 +266,7 @@ def run_tune(job: Search, kind: str, seed: int, n: int, label: str) -> None:
             job.store.finish(tid, "failed", None, error=str(result.error or "no config")[:2000])
             continue
         candidate = unit_candidate(space, result.config["u"])
-        mflops, params = space._cost(candidate)
+        mflops, params = space.cost(candidate, canonical=True)
         job.store.add_trials([{"id": tid, "candidate_id": canonical_id(candidate), "stage": "stage1", "round": 0,
                                "candidate": candidate, "mflops": mflops, "params": params,
                                "max_iter": job.trial_config(candidate, "stage1")["SOLVER"]["MAX_ITER"]}])

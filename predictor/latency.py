@@ -164,14 +164,14 @@ def cpu_model() -> str:
 def cache_key(space: SearchSpace, threads: int) -> dict[str, Any]:
     """What a measurement depends on: machine, threads, torch, and the bound space (arch
     template and cost templates: input size, detections, RoIs)."""
-    templates = json.dumps([repr(space.arch_template), {k: repr(v) for k, v in space._cost_templates.items()}])
+    templates = json.dumps([repr(space.arch_template), {k: repr(v) for k, v in space.cost_templates.items()}])
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.machine(), "torch": torch.__version__,
         "threads": threads, "engine": "torch", "space": space.name,
         "space_hash": hashlib.sha256(templates.encode()).hexdigest()[:12],
-        "input_size": [repr(space._cost_templates["INPUT.MIN_SIZE_TEST"]),
-                       repr(space._cost_templates["INPUT.MAX_SIZE_TEST"])],
-        "detections": repr(space._cost_templates["TEST.DETECTIONS_PER_IMAGE"]),
+        "input_size": [repr(space.cost_templates["INPUT.MIN_SIZE_TEST"]),
+                       repr(space.cost_templates["INPUT.MAX_SIZE_TEST"])],
+        "detections": repr(space.cost_templates["TEST.DETECTIONS_PER_IMAGE"]),
         "features": list(FEATURES), "block_features": list(BLOCK_FEATURES),
     }
 

@@ -39,13 +39,13 @@ def _distinct_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class BatchCost:
-    """``SearchSpace._cost`` of code rows: ``cost(codes) -> (mflops [N] float64, params [N] int64)``
+    """``SearchSpace.cost`` of code rows: ``cost(codes) -> (mflops [N] float64, params [N] int64)``
     for the space as given (bound or not)."""
 
     def __init__(self, space: SearchSpace):
         self.space = space
         self.columns = {p.name: j for j, p in enumerate(space.params)}
-        self.config_refs = sorted({r for t in space._cost_templates.values() for r in _refs(t)})
+        self.config_refs = sorted({r for t in space.cost_templates.values() for r in _refs(t)})
         self._settings: dict[tuple[float, ...], dict[str, Any]] = {}
         self._blocks: dict[tuple[str, tuple[float, ...]], tuple[int, int, int, int, int]] = {}
 
@@ -110,7 +110,7 @@ class BatchCost:
         if key not in self._settings:
             params = [self.space.params[self.columns[r]] for r in self.config_refs]
             candidate = {p.name: p.value(code) for p, code in zip(params, key)}
-            s = cost_settings(self.space._cost_config(candidate))
+            s = cost_settings(self.space.cost_config(candidate))
             s["h"], s["w"] = s.pop("input_size")
             self._settings[key] = s
         return self._settings[key]

@@ -83,7 +83,7 @@ def sample(
     drawn, smallest = 0, (math.inf, math.inf, math.inf)
     while len(out) < n:
         candidates = space.from_unit(draw(BATCH))
-        costs = [space._cost(c) for c in candidates]
+        costs = [space.cost(c, canonical=True) for c in candidates]
         latencies = space.latencies(candidates) if max_latency_ms is not None else [None] * len(candidates)
         for candidate, (mflops, params), latency in zip(candidates, costs, latencies):
             values = (mflops, params, math.inf if latency is None else float(latency))

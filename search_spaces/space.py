@@ -177,7 +177,8 @@ class SearchSpace:
         self.recipe_slice = slice(self.arch_slice.stop, self.encoding_length)
         self._slices = [slice(a - w, a) for a, w in zip(np.cumsum(widths), widths)]
         self.unit_dims = sum(p.unit_width for p in self.params)
-        self._cost_templates = {k: self.config_template.get(k, get(DEFAULTS, k)) for k in LATENCY_KEYS}
+        # the config keys a cost reads (input size, RoIs, detections), as templates over the params
+        self.cost_templates = {k: self.config_template.get(k, get(DEFAULTS, k)) for k in LATENCY_KEYS}
         self._check_arch()
         self._check_config_keys()
         self.references = {str(n): self._reference(str(n), r) for n, r in (data.get("references") or {}).items()}
@@ -362,10 +363,10 @@ class SearchSpace:
 
     # ----- costs -----
 
-    def _cost_config(self, c: Mapping[str, Any]) -> dict[str, Any]:
+    def cost_config(self, c: Mapping[str, Any]) -> dict[str, Any]:
         """The nested config of ``LATENCY_KEYS`` a canonical candidate's trials run with."""
         cfg: dict[str, Any] = {}
-        for key, template in self._cost_templates.items():
+        for key, template in self.cost_templates.items():
             *path, leaf = key.split(".")
             node = cfg
             for part in path:
@@ -373,17 +374,13 @@ class SearchSpace:
             node[leaf] = _fill(template, c)
         return cfg
 
-    def _cost(self, c: Mapping[str, Any]) -> tuple[float, int]:
-        cost = config_cost(self._cost_config(c), self._arch(c))
-        return cost.mflops["total"], cost.params["total"]
-
     def bind(self, base: Mapping[str, Any], pinned: Mapping[str, Any] | None = None) -> "SearchSpace":
         """This space costing the configs its trials really train: ``base`` (the complete
         config candidates override) for the keys the space leaves alone, and ``pinned`` (an
         experiment's ``config``, set over every candidate) over the space's own keys."""
         pinned = pinned or {}
         bound = copy.copy(self)
-        bound._cost_templates = {
+        bound.cost_templates = {
             k: pinned[k] if k in pinned else self.config_template.get(k, get(base, k)) for k in LATENCY_KEYS
         }
         return bound
@@ -400,12 +397,16 @@ class SearchSpace:
         """Predicted latency (ms) of canonical candidates, in one predictor call."""
         if self.latency_model is None:
             raise UserError(f"space {self.name}: no latency model (fit one with predictor.latency.fit_space_latency)")
-        return self.latency_model.predict_configs([(self._cost_config(c), self._arch(c)) for c in candidates])
+        return self.latency_model.predict_configs([(self.cost_config(c), self._arch(c)) for c in candidates])
 
-    def cost(self, candidate: Mapping[str, Any]) -> tuple[float, int]:
+    def cost(self, candidate: Mapping[str, Any], *, canonical: bool = False) -> tuple[float, int]:
         """(MFLOPs, learnable params) of the candidate's model (``config_cost``: a square
-        MIN_SIZE_TEST input, POST_NMS_TOPK_TEST RoIs), on the defaults unless ``bind`` gave a base."""
-        return self._cost(self.canonical(candidate))
+        MIN_SIZE_TEST input, POST_NMS_TOPK_TEST RoIs), on the defaults unless ``bind`` gave a base.
+        ``canonical``: the candidate is already canonical (``from_unit``'s, ``decode``'s), so
+        sampling loops skip the check."""
+        c = candidate if canonical else self.canonical(candidate)
+        cost = config_cost(self.cost_config(c), self._arch(c))
+        return cost.mflops["total"], cost.params["total"]
 
     # ----- vectors -----
 
