@@ -438,6 +438,8 @@ def zeroshot(args: argparse.Namespace) -> None:
     work, net_dir = Path(args.work).resolve(), Path(args.supernet).resolve()
     subnets = load_subnets(work)
     evaluator = Evaluator(net_dir)
+    if args.calibration_images:
+        evaluator.images = args.calibration_images  # a part of the cache key
     cache = Cache(net_dir)
     rows = []
     for k, s in enumerate(subnets):
@@ -452,12 +454,15 @@ def zeroshot(args: argparse.Namespace) -> None:
     reference = {r["id"]: r for r in load_standalone(work, seed=seed)}
     paired = [(r, reference[r["id"]]) for r in rows if r["id"] in reference]
     out: dict[str, Any] = {"supernet": str(net_dir), "label": args.label, "n": len(paired), "rows": rows,
+                           "calibration_images": evaluator.images,
                            "reference_iters": sorted({ref["iters"] for _, ref in paired})}
     if len(paired) >= 3:
         for task in ("segm_AP", "bbox_AP"):
             z, s = [r[task] for r, _ in paired], [ref[task] for _, ref in paired]
             out[f"kendall_tau_{task}"] = float(kendalltau(z, s).statistic)
             out[f"spearman_{task}"] = float(spearmanr(z, s).statistic)
+            # the free baseline a zero-shot ranking has to beat: MFLOPs alone
+            out[f"kendall_tau_mflops_{task}"] = float(kendalltau([r["mflops"] for r, _ in paired], s).statistic)
         ratios = [r["segm_AP"] / ref["segm_AP"] for r, ref in paired if ref["segm_AP"] > 0]
         out["median_ratio_segm"] = float(np.median(ratios))
         out["median_zero_shot_segm"] = float(np.median([r["segm_AP"] for r, _ in paired]))
@@ -533,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     z.add_argument("--work", required=True)
     z.add_argument("--supernet", required=True, metavar="DIR", help="a folder of nars supernet train")
     z.add_argument("--label", default="kd", help="names the result file fidelity_LABEL.json (default kd)")
+    z.add_argument("--calibration-images", type=int, default=0,
+                   help="batch-norm recalibration images (default: the experiment's supernet.calibration_images)")
     z.set_defaults(func=zeroshot)
     m = sub.add_parser("memory", help="peak RSS of a supernet training and of one parent fine-tuning")
     m.add_argument("--work", required=True)

@@ -22,7 +22,7 @@ from nars.model.elastic import ElasticFBNetV3IS
 from nars.model.fbnetv3is import build_model
 from nars.search.experiment import load_experiment
 from nars.supernet import setup, train, zero_shot
-from nars.supernet.subnets import complete, largest, sample_archs, smallest, subnet_id
+from nars.supernet.subnets import arch_part, complete, largest, sample_archs, smallest, subnet_id
 from search_spaces import load_space
 from rounding import SAME_FUNCTION
 
@@ -130,6 +130,20 @@ def trained(tmp_path_factory) -> tuple[dict, Path]:
     out = tmp / "sup"
     train.train_supernet(setup.build(exp, out, progress=False), out, progress=False)
     return exp, out
+
+
+def test_the_anchor_trains_the_parents_architecture_every_step(tmp_path):
+    net = setup.build(_tiny_experiment(tmp_path, "supernet.anchor", "true", "supernet.k", "1"), tmp_path / "sup",
+                      progress=False)
+    trainer = train.SupernetTrainer(net, tmp_path / "sup", resume=False, progress=False)
+    parent = arch_part(net.space, net.base)
+    assert parent not in (largest(net.space), smallest(net.space))
+    for it in (0, 5):
+        archs = trainer.sandwich(it)
+        assert archs[:3] == [largest(net.space), smallest(net.space), parent] and len(archs) == 4
+        assert trainer.sandwich(it) == archs  # every process and a resumed run draw the same
+    trainer.anchor = None
+    assert parent not in trainer.sandwich(0)[:2] and len(trainer.sandwich(0)) == 3
 
 
 def test_an_interrupted_supernet_resumes_to_the_uninterrupted_weights(trained, tmp_path, monkeypatch):

@@ -2,8 +2,9 @@
 
 Start: the experiment's parent grown to the space's largest architecture by the
 function-preserving inheritance (``nars.model.inherit``), or fresh weights without a parent.
-Each step follows BigNAS's sandwich rule on one batch: the largest sub-network, the smallest
-and ``supernet.k`` random ones, each forward and backward on the shared weights
+Each step follows BigNAS's sandwich rule on one batch: the largest sub-network, the smallest,
+with ``supernet.anchor`` the parent's own architecture (the prior a search starts from), and
+``supernet.k`` random ones, each forward and backward on the shared weights
 (``nars.model.elastic``), one optimizer step for the sum of their gradients.
 
 In-place distillation, as it fits a two-stage detector: the largest network teaches the
@@ -59,7 +60,7 @@ from nars.model.weights import read_checkpoint
 from nars.search.budget import scale_schedule
 from nars.search.driver import first_difference
 from nars.supernet.setup import Supernet, read_meta, write_meta
-from nars.supernet.subnets import random_archs, smallest, subnet_id
+from nars.supernet.subnets import arch_part, random_archs, smallest, subnet_id
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"  # the largest architecture's config, with the supernet's schedule
@@ -130,6 +131,7 @@ class SupernetTrainer:
         self.net, self.out_dir, self.progress = net, Path(out_dir), progress
         s = net.exp["supernet"]
         self.k, self.distill, self.sort_period = s["k"], s["distill"], s["sort_period"]
+        self.anchor = arch_part(net.space, net.base) if s["anchor"] else None
         self.max_iter, self.checkpoint_period = s["max_iter"], s["checkpoint_period"]
         cfg = net.config(net.largest)
         scale_schedule(cfg, self.max_iter)
@@ -170,10 +172,12 @@ class SupernetTrainer:
                                                                             self.device))
 
     def sandwich(self, it: int) -> list[dict[str, Any]]:
-        """Largest, smallest and k random architectures: drawn from (seed, iteration), so every
+        """Largest, smallest, the anchor (the base's architecture: the parent's, with
+        ``supernet.anchor``) and k random architectures: drawn from (seed, iteration), so every
         process and a resumed run draw the same ones."""
         rng = np.random.default_rng([self.seed, it])
-        return [self.net.largest, smallest(self.net.space)] + random_archs(self.net.space, self.k, rng)
+        anchor = [] if self.anchor is None else [self.anchor]
+        return [self.net.largest, smallest(self.net.space)] + anchor + random_archs(self.net.space, self.k, rng)
 
     # -- the loop ------------------------------------------------------------------------
     def step(self, it: int, data: Iterator[Any]) -> dict[str, float]:
@@ -187,7 +191,8 @@ class SupernetTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         scalars: dict[str, float] = {}
         teacher: dict[str, Any] | None = None
-        for n, arch in enumerate(self.sandwich(it)):
+        archs = self.sandwich(it)
+        for n, arch in enumerate(archs):
             child = self.child(arch).train()
             with captured(child, None if teacher is None else teacher["samples"]) as outputs:
                 losses = self.supernet.forward_child(child, images, targets)
@@ -199,7 +204,7 @@ class SupernetTrainer:
                 kd = distill_losses(outputs, teacher)
                 loss = loss + self.distill * sum(kd.values())
                 for name, value in kd.items():
-                    scalars[name] = scalars.get(name, 0.0) + value.item() / (1 + self.k)  # the students' mean
+                    scalars[name] = scalars.get(name, 0.0) + value.item() / (len(archs) - 1)  # the students' mean
             if n == 1:
                 scalars["loss_smallest"] = sum(v.item() for v in losses.values())
             scalars["loss"] = scalars.get("loss", 0.0) + loss.item()
@@ -246,7 +251,7 @@ class SupernetTrainer:
         logger.info("training the supernet of %s (largest %.0f MFLOPs) on %d images for %d iterations from %d: "
                     "sandwich of %d sub-networks, distillation weight %g", self.net.space.name,
                     config_cost(self.cfg).mflops["total"], len(self.train_set),
-                    self.max_iter, self.start_iter, 2 + self.k, self.distill)
+                    self.max_iter, self.start_iter, 2 + self.k + (self.anchor is not None), self.distill)
         bar = progress_bar(self.max_iter, self.start_iter, self.progress and comm.is_main_process(), desc="supernet")
         window: list[dict[str, float]] = []
         data = iter(loader)
