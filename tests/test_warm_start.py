@@ -97,6 +97,8 @@ def test_a_run_without_a_stored_fingerprint_is_compared_by_its_experiment(tmp_pa
                                    "train=16, val=8, this run on shapes domain=shapes, seed=0"),
     (["config", json.dumps({**PINS, "SOLVER.IMS_PER_BATCH": 2})],
      "stage1.warm_start src: its trials trained with SOLVER.IMS_PER_BATCH = 2, this run's with 4"),
+    (["stage1.fidelity", "supernet"], "stage1.warm_start src: its stage 1 measured with stage1.fidelity supernet, "
+                                      "this run's with trials"),
 ])
 def test_a_run_that_measured_something_else_is_refused(tmp_path, drawn, change, message):
     theirs = _exp(tmp_path, *change)

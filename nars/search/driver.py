@@ -125,6 +125,7 @@ class Search:
         self.base["DATALOADER"]["NUM_WORKERS"] = 0  # a trial is one process on its own CPU share
         self.base["SEED"] = exp["seed"]
         self._encoder = None
+        self.store: RunStore | None = None  # the run's, from run(); None for a supernet's own setup
         self.latency_measurements: list[dict[str, Any]] | None = None
         if latency and uses_latency(exp):
             self.space = self.space.with_latency(self._latency_model())
@@ -163,8 +164,7 @@ class Search:
 
     def zero_shot(self) -> list[dict[str, Any]]:
         """The supernet's zero-shot results this run measured (stage1.fidelity supernet)."""
-        store = getattr(self, "store", None)
-        return [] if store is None else store.get_meta("zero_shot", [])
+        return [] if self.store is None else self.store.get_meta("zero_shot", [])
 
     def supernet(self) -> Any:
         from nars.supernet.setup import of_search
@@ -175,7 +175,6 @@ class Search:
         """``stage1.fidelity supernet``: train the supernet in ``RUN/supernet`` (resumable),
         then measure ``supernet.samples`` sub-networks of the constrained space zero-shot, as
         Ray tasks; stored before anything uses them."""
-        from nars.engine.checkpoint import FINAL
         from nars.supernet.subnets import sample_archs
         from nars.supernet.train import train_supernet
         from nars.supernet.zero_shot import evaluate_archs
@@ -183,7 +182,7 @@ class Search:
         if self.store.get_meta("zero_shot") is not None:
             return
         net, net_dir = self.supernet(), self.run_dir / SUPERNET_DIR
-        if not (net_dir / FINAL).is_file():
+        if not (net_dir / FINAL_WEIGHTS).is_file():
             train_supernet(net, net_dir, resume=net_dir.is_dir(), progress=self.progress)
         limits = {k: self.exp["constraints"][k] for k in ("max_mflops", "max_params")}
         archs = sample_archs(self.space, self.exp["supernet"]["samples"], self.exp["seed"], constraints=limits)

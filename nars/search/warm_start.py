@@ -12,7 +12,9 @@ run has a *fingerprint* (``fingerprint``), compared part by part:
   driver sets);
 - ``parent``: the SHA-256 of the checkpoint every trial inherits from ("" from scratch);
 - ``dataset``: the shapes generator's parameters, or the SHA-256 of the train and val
-  annotation files: the same data at another path matches, other data does not.
+  annotation files: the same data at another path matches, other data does not;
+- ``fidelity``: ``stage1.fidelity``: with ``supernet``, stage-1 trials start from the run's
+  supernet, not from the parent, so their APs are not the parent-started trials' APs.
 
 A run stores its fingerprint in its meta when it starts (the driver), so later runs compare
 against what it really trained; for a run without one it is recomputed from its stored
@@ -102,7 +104,7 @@ def _dataset(exp: Mapping[str, Any]) -> dict[str, Any]:
 def fingerprint(exp: Mapping[str, Any], space: SearchSpace) -> dict[str, Any]:
     """What a run's trials measured (module docstring): JSON, for the run's meta."""
     return _plain({"space": {"name": space.name, "hash": _space_hash(space)}, "setup": _setup(exp),
-                   "parent": _parent(exp), "dataset": _dataset(exp)})
+                   "parent": _parent(exp), "dataset": _dataset(exp), "fidelity": exp["stage1"]["fidelity"]})
 
 
 def _describe_dataset(d: Mapping[str, Any]) -> str:
@@ -128,6 +130,9 @@ def difference(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str | None
                 f"{ours['setup'].get(keys[0])!r}{more} (base_config and config)")
     if theirs["parent"] != ours["parent"]:
         return "its trials started from another parent checkpoint (parent.weights) than this run's"
+    if theirs.get("fidelity", "trials") != ours["fidelity"]:  # runs from before the key measured trials
+        return (f"its stage 1 measured with stage1.fidelity {theirs.get('fidelity', 'trials')}, this run's with "
+                f"{ours['fidelity']} (supernet trials start from the run's supernet, not the parent)")
     return None
 
 
