@@ -65,10 +65,11 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # the weight-sharing supernet (nars supernet train; nars.supernet): sandwich steps, the random
     # sub-networks per step besides the largest and the smallest (k), whether the reference's own
     # architecture (the parent's) is trained every step too (anchor), the in-place distillation
-    # weight (0: ground truth only), iterations between channel re-sorts, checkpoints; zero-shot
+    # weight (0: ground truth only; BENCHMARKS.md "Supernet": anchor on and distillation off
+    # ranked sub-networks best), iterations between channel re-sorts, checkpoints; zero-shot
     # evaluation: batch-norm recalibration images and, for stage1.fidelity supernet, the number
     # of sub-networks measured
-    "supernet": {"max_iter": 400, "k": 2, "anchor": False, "distill": 1.0, "sort_period": 100, "checkpoint_period": 50,
+    "supernet": {"max_iter": 400, "k": 2, "anchor": True, "distill": 0.0, "sort_period": 100, "checkpoint_period": 50,
                  "calibration_images": 32, "samples": 128},
     # objective: the cost the predicted front trades segm AP against (mflops or latency);
     # optimizer: nsga2 (numpy NSGA-II, nars.search.evolution) or a nevergrad name (DE, TwoPointsDE...)
