@@ -62,6 +62,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import subprocess  # noqa: E402
@@ -519,6 +520,52 @@ def memory(args: argparse.Namespace) -> None:
     atomic_write_text(work / "memory.json", json.dumps(out, indent=1) + "\n")
 
 
+def _tau(x: Sequence[float], y: Sequence[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(x, y).statistic)
+
+
+def compare(args: argparse.Namespace) -> None:
+    """Kendall tau of each ``fidelity_LABEL.json`` against the seed-0 reference with a 95%
+    bootstrap interval over the sub-networks, the paired differences between labels (the same
+    resamples), and how well two seeds of the reference itself would agree: simulated from the
+    seed spread the seed-1 reruns measured."""
+    work = Path(args.work)
+    ref = {r["id"]: r["segm_AP"] for r in load_standalone(work, seed=0)}
+    runs = {label: {r["id"]: r["segm_AP"] for r in json.loads((work / f"fidelity_{label}.json").read_text())["rows"]}
+            for label in args.labels}
+    ids = sorted(set(ref).intersection(*runs.values()))
+    rng = np.random.default_rng(args.seed)
+    samples = [rng.integers(0, len(ids), len(ids)) for _ in range(args.resamples)]
+
+    def taus(z: Mapping[str, float]) -> np.ndarray:
+        return np.array([_tau([z[ids[i]] for i in idx], [ref[ids[i]] for i in idx]) for idx in samples])
+
+    def interval(v: np.ndarray) -> list[float]:
+        v = v[~np.isnan(v)]  # a resample of ties only
+        return [round(float(q), 3) for q in np.percentile(v, [2.5, 97.5])]
+
+    boot = {label: taus(z) for label, z in runs.items()}
+    out: dict[str, Any] = {"n": len(ids), "resamples": args.resamples, "tau": {}, "differences": {}}
+    for label, z in runs.items():
+        out["tau"][label] = {"tau": round(_tau([z[i] for i in ids], [ref[i] for i in ids]), 3),
+                             "ci95": interval(boot[label])}
+    for a, b in itertools.combinations(args.labels, 2):
+        d = boot[a] - boot[b]
+        out["differences"][f"{a} - {b}"] = {"ci95": interval(d), "p_greater": round(float(np.nanmean(d > 0)), 3)}
+    seed1 = {r["id"]: r["segm_AP"] for r in load_standalone(work, seed=1)}
+    diffs = [ref[i] - seed1[i] for i in seed1 if i in ref]
+    if diffs:
+        sd = float(np.sqrt(np.mean(np.square(diffs)) / 2))  # one run's noise: a difference holds two
+        v = np.array([ref[i] for i in ids])
+        sim = np.array([_tau(v + rng.normal(0, sd, len(v)), v + rng.normal(0, sd, len(v))) for _ in range(args.resamples)])
+        out["reference_repeatability"] = {"noise_sd": round(sd, 4), "tau_median": round(float(np.median(sim)), 3),
+                                          "ci95": interval(sim)}
+    atomic_write_text(work / "compare.json", json.dumps(out, indent=1) + "\n")
+    log(json.dumps(out, indent=1))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="phase", required=True)
@@ -541,6 +588,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     z.add_argument("--calibration-images", type=int, default=0,
                    help="batch-norm recalibration images (default: the experiment's supernet.calibration_images)")
     z.set_defaults(func=zeroshot)
+    k = sub.add_parser("compare", help="bootstrap intervals of the supernets' Kendall tau and their paired "
+                                       "differences, and the reference's own repeatability")
+    k.add_argument("--work", required=True)
+    k.add_argument("--labels", nargs="+", required=True, help="fidelity_LABEL.json files to compare")
+    k.add_argument("--resamples", type=int, default=2000)
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(func=compare)
     m = sub.add_parser("memory", help="peak RSS of a supernet training and of one parent fine-tuning")
     m.add_argument("--work", required=True)
     m.add_argument("--iters", type=int, default=8, help="iterations of each (default 8)")
