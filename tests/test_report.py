@@ -146,6 +146,7 @@ def test_the_report_of_a_supernet_run_has_its_curves_zero_shot_table_and_ranking
     assert page.rows == 9 + 5  # the trials, then the zero-shot records
     # c0, c2, c6, c7 are both: their measured APs rank as their zero-shot ones; c1 (pruned) and z9 (no trial) are not
     assert "Kendall's tau 1.00" in text and "of 4 stage-1 trials" in text
+    assert "MFLOPs alone, the proxy that costs nothing, ranks them at Kendall's tau -1.00" in text  # z's MFLOPs fall
 
 
 def test_a_live_runs_page_reloads_itself(tmp_path, capsys):

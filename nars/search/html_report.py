@@ -204,14 +204,14 @@ def _zero_shot_png(zero_shot: Sequence[Mapping[str, Any]]) -> bytes:
 
 
 def _zero_shot_pairs(trials: Sequence[dict[str, Any]],
-                     zero_shot: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
-    """(zero-shot, measured) segm AP of each finished stage-1 trial whose architecture (its
-    candidate restricted to a record's keys) is a zero-shot record's."""
+                     zero_shot: Sequence[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], float]]:
+    """(zero-shot record, measured segm AP) of each finished stage-1 trial whose architecture
+    (its candidate restricted to a record's keys) is a zero-shot record's."""
     pairs = []
     for t in trials:
         if t["stage"] != "stage1" or t["status"] != "done" or "segm_AP" not in (t["metrics"] or {}):
             continue
-        pairs += [(z["segm_AP"], t["metrics"]["segm_AP"]) for z in zero_shot
+        pairs += [(z, t["metrics"]["segm_AP"]) for z in zero_shot
                   if z["choices"] == {k: t["candidate"].get(k) for k in z["choices"]}]
     return pairs
 
@@ -231,11 +231,13 @@ def _supernet(metrics: Sequence[Mapping[str, Any]], zero_shot: Sequence[Mapping[
     if not zero_shot:
         return out + '<p class="muted">No sub-network has been evaluated zero-shot yet.</p>'
     pairs = _zero_shot_pairs(trials, zero_shot)
-    agreement = _kendall(pairs)
+    agreement = _kendall([(z["segm_AP"], measured) for z, measured in pairs])
     if agreement is not None:
+        free = _kendall([(z["mflops"], measured) for z, measured in pairs])  # the proxy that costs nothing
         out += (f"<p>{agreement} between the zero-shot segm AP and the measured one of "
                 f"{len(pairs)} stage-1 trials of the same architectures: how well the supernet's ranking held when "
-                "each was trained on its own (with its own recipe, so only the ranking is comparable).</p>")
+                "each was trained on its own (with its own recipe, so only the ranking is comparable). "
+                f"MFLOPs alone, the proxy that costs nothing, ranks them at {free}.</p>")
     rows = [(_e(z["id"]), _num(z["mflops"], 1), f"{z['params']:,}", _num(z["bbox_AP"]), _num(z["segm_AP"]))
             for z in sorted(zero_shot, key=lambda z: z["mflops"])]
     table = _table(("sub-network", "MFLOPs", "params", "bbox AP", "segm AP"), rows, range(1, 5))
