@@ -145,6 +145,9 @@ def test_the_anchor_trains_the_parents_architecture_every_step(tmp_path):
         assert trainer.sandwich(it) == archs  # every process and a resumed run draw the same
     trainer.anchor = None
     assert parent not in trainer.sandwich(0)[:2] and len(trainer.sandwich(0)) == 3
+    net.base = complete(net.space, largest(net.space), net.base)  # a parent that is the largest: trained once
+    archs = train.SupernetTrainer(net, tmp_path / "sup", resume=False, progress=False).sandwich(0)
+    assert archs == trainer.sandwich(0) and archs.count(largest(net.space)) == 1
 
 
 def test_an_interrupted_supernet_resumes_to_the_uninterrupted_weights(trained, tmp_path, monkeypatch):

@@ -131,7 +131,8 @@ class SupernetTrainer:
         self.net, self.out_dir, self.progress = net, Path(out_dir), progress
         s = net.exp["supernet"]
         self.k, self.distill, self.sort_period = s["k"], s["distill"], s["sort_period"]
-        self.anchor = arch_part(net.space, net.base) if s["anchor"] else None
+        anchor = arch_part(net.space, net.base)  # trained once per step, not twice when it is an extreme
+        self.anchor = anchor if s["anchor"] and anchor not in (net.largest, smallest(net.space)) else None
         self.max_iter, self.checkpoint_period = s["max_iter"], s["checkpoint_period"]
         cfg = net.config(net.largest)
         scale_schedule(cfg, self.max_iter)
