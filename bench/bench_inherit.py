@@ -1,6 +1,6 @@
 """Weight inheritance: what one architecture change costs a parent's accuracy before any training.
 
-    .venv/bin/python bench/bench_inherit.py [--weights data/parents/shapes_dsmask] [--data data/shapes]
+    .venv/bin/python bench/bench_inherit.py [--weights experiments/parents/shapes_dsmask] [--data data/shapes]
 
 The parent (default: the fine-tuning quickstart's, FBNetV3_A_dsmask trained by
 ``nars train parent_shapes``) is inherited (``nars.model.inherit``) onto variants that differ
@@ -55,7 +55,7 @@ def variant(edits: dict[tuple[str, int, int, int], Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default="data/parents/shapes_dsmask", help="the parent (a checkpoint or run folder)")
+    parser.add_argument("--weights", default="experiments/parents/shapes_dsmask", help="the parent (a checkpoint or run folder)")
     parser.add_argument("--config", default="search_shapes", help="the parent's config (default search_shapes)")
     parser.add_argument("--data", type=Path, default=Path("data/shapes"), help="its validation data: val.json, val/")
     args = parser.parse_args()

@@ -30,6 +30,9 @@ Methods, each run once per seed with the same budget of real training trials:
   predictor, verification of the predicted front), in-process with its own Ray session.
 - ``random``: ``search_spaces.sample(space, N, method="uniform", seed=S, **constraints)``;
   all N trained at stage-1 fidelity (``run_trials``, FIFO, no early stopping).
+- ``local``: NARS with ``stage1.local 1``: every stage-1 trial is a neighbour of the incumbent
+  (the reference's nearest feasible relatives in round 0, then stage 1's best), no predictor
+  picks and no Sobol exploration; verification as NARS's.
 - ``tune-nevergrad``: a Ray Tune ``Tuner`` with ``NevergradSearch`` (``ng.optimizers.NGOpt``,
   budget N, num_workers = ray.max_concurrent, no predictor) over an ``ng.p.Array`` on the
   space's unit cube (``space.from_unit`` maps a point to a candidate), FIFO scheduler, told
@@ -103,7 +106,8 @@ from search_spaces.sampling import Sample
 from search_spaces.space import canonical_id
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("NARS", "random", "tune-nevergrad", "tune-asha")
+METHODS = ("NARS", "random", "local", "tune-nevergrad", "tune-asha")
+SEARCHES = ("NARS", "local")  # methods that are nars searches (their own Ray session each)
 QUICK = [  # a tiny budget: the whole run in about 5 minutes on 2 cores
     "stage1.rounds", "2", "stage1.trials_per_round", "2", "stage1.max_iter", "8", "stage1.eval_period", "4",
     "stage1.early_stop.grace_period", "4", "stage1.early_stop.reduction_factor", "2", "stage1.pool_size", "256",
@@ -298,7 +302,7 @@ def verify_best(job: Search, k: int, label: str) -> None:
     for t in ranked:
         if len(picks) < k and t["candidate_id"] not in picks:
             picks[t["candidate_id"]] = Sample(t["candidate"], t["candidate_id"], t["mflops"], t["params"])
-    job.add(list(picks.values()), "verify", 0)
+    job.add({"verify": list(picks.values())}, 0)
     job.run_pending(job.store.trials(stage="verify", status="pending"), label)
 
 
@@ -310,7 +314,7 @@ def run_baseline(method: str, source: str, overrides: list[str], seed: int, run_
     job.store = RunStore(run_dir / STORE_FILE)
     try:
         if method == "random":
-            job.add(sample(job.space, n, method="uniform", seed=seed, **job.exp["constraints"]), "stage1", 0)
+            job.add({"stage1": sample(job.space, n, method="uniform", seed=seed, **job.exp["constraints"])}, 0)
             job.run_pending(job.store.trials(stage="stage1"), f"{method} seed {seed} search")
         else:
             run_tune(job, {"tune-nevergrad": "nevergrad", "tune-asha": "random"}[method], seed, n,
@@ -394,12 +398,40 @@ def table(rows: list[dict[str, Any]], seeds: list[int], methods: tuple[str, ...]
         lines.append(f"| {method} | {_ratio(m['best_verified_ap'], nars['best_verified_ap'])} "
                      f"| {_ratio(m['hypervolume'], nars['hypervolume'])} "
                      f"| {_ratio(m['best_search_ap'], nars['best_search_ap'])} |")
+    lines += ["", paired_table(rows, methods)]
     refs = [r["reference"] for r in rows if r["method"] == "NARS" and r["reference"]]
     if refs:
         aps = " / ".join(f"{x['segm_AP']:.4f}" if x["segm_AP"] is not None else "failed" for x in refs)
         median = _median([x["segm_AP"] for x in refs])
         lines += ["", (f"Reference FBNetV3_A_dsmask at the verify budget (NARS runs, seeds {', '.join(map(str, seeds))}): "
                        f"segm AP {aps} (median {median:.4f}), {refs[0]['mflops']:,.0f} MFLOPs.")]
+    return "\n".join(lines)
+
+
+def paired(rows: list[dict[str, Any]], method: str, key: str = "best_verified_ap", resamples: int = 10_000,
+           ) -> dict[str, Any]:
+    """NARS minus ``method`` on the same seeds (same data, data order and validation images):
+    the mean paired difference in ``key``, its 95% bootstrap interval over seeds, and the share
+    of seeds on which NARS is better (the probability of improvement, as rliable reports it)."""
+    by_seed = {(r["method"], r["seed"]): r[key] for r in rows}
+    seeds = sorted(s for m, s in by_seed if m == method and ("NARS", s) in by_seed)
+    diffs = np.array([by_seed["NARS", s] - by_seed[method, s] for s in seeds], dtype=float)
+    diffs = diffs[~np.isnan(diffs)]
+    if not len(diffs):
+        return {"method": method, "seeds": 0, "mean": math.nan, "ci": [math.nan, math.nan], "p_improvement": math.nan}
+    means = np.random.default_rng(0).choice(diffs, size=(resamples, len(diffs))).mean(axis=1)
+    return {"method": method, "seeds": len(diffs), "mean": float(diffs.mean()),
+            "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+            "p_improvement": float(np.mean(diffs > 0) + 0.5 * np.mean(diffs == 0))}
+
+
+def paired_table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
+    lines = ["| NARS minus | seeds | mean paired difference, best verified segm AP [95% bootstrap CI] "
+             "| P(NARS better) |", "|---|---|---|---|"]
+    for method in methods[1:]:
+        d = paired(rows, method)
+        lines.append(f"| {method} | {d['seeds']} | {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] "
+                     f"| {d['p_improvement']:.2f} |")
     return "\n".join(lines)
 
 
@@ -497,12 +529,15 @@ def main() -> None:
                    f"{row['hypervolume']:.2f}, {row['search_trials']} + {row['verify_trials']} trials, {wall:.0f} s")
         return row
 
-    for seed in args.seeds:  # NARS first: its search opens and shuts its own Ray session
-        verify_k[seed] = record("NARS", seed, partial(
-            search, source, [*overrides, "seed", str(seed)], out=str(runs["NARS", seed]), progress=False))["verify_trials"]
+    extra = {"NARS": [], "local": ["stage1.local", "1"]}
+    for seed in args.seeds:  # the searches first: each opens and shuts its own Ray session
+        for method in [m for m in methods if m in SEARCHES]:
+            row = record(method, seed, partial(search, source, [*overrides, "seed", str(seed), *extra[method]],
+                                               out=str(runs[method, seed]), progress=False))
+            verify_k.setdefault(seed, row["verify_trials"])
     with ray_session(exp["ray"]):  # one session for every baseline run
         for seed in args.seeds:
-            for method in methods[1:]:
+            for method in [m for m in methods if m not in SEARCHES]:
                 record(method, seed, partial(run_baseline, method, source, overrides, seed, runs[method, seed],
                                              verify_k[seed]))
     bar.close()
@@ -518,6 +553,7 @@ def main() -> None:
         "mode": "quick" if args.quick else "full", "commit": _commit(), "experiment": source,
         "overrides": overrides, "seeds": args.seeds, "search_trials": n, "verify_trials": verify_k,
         "constraints": exp["constraints"], "wall_s": wall, "rows": rows, "table": text,
+        "paired": [paired(rows, m) for m in methods[1:]],
     }
     atomic_write_text(work / "results.json", json.dumps(_json(results), indent=2) + "\n")
     plot(work / "search_efficiency.png", rows, max_mflops, methods)

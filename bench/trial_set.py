@@ -55,7 +55,7 @@ def train_set(work: Path, n: int, stages: Sequence[str], *, quick: bool, seed: i
         job.store = store
         store.requeue_interrupted()
         for stage in stages:
-            job.add(picks, stage, 0)
+            job.add({stage: picks}, 0)
         if store.trials(status="pending"):
             with ray_session(exp["ray"]):
                 for stage in stages:

@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 TYPES = ("fixed", "choice", "int", "float")
+FLOAT_STEP = 0.125  # a float's local-search step: an eighth of its range (log-scaled when ``log``)
 _FIELDS = {
     "fixed": {"value"},
     "choice": {"values"},
@@ -94,6 +95,11 @@ class Param:
         return 1
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def neighbour(self, code: float, rng: np.random.Generator) -> float:
+        """The code of a value one step from ``code``'s (local search's move): another choice,
+        the next integer step, or a float moved by ``FLOAT_STEP`` of its (log) range; inward at a bound."""
         raise NotImplementedError
 
     def encode(self, codes: np.ndarray) -> np.ndarray:
@@ -179,6 +185,10 @@ class Choice(Param):
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         return np.minimum(np.floor(u * len(self.values)), len(self.values) - 1)
 
+    def neighbour(self, code: float, rng: np.random.Generator) -> float:
+        others = [i for i in range(len(self.values)) if i != int(code)]
+        return float(rng.choice(others)) if others else code
+
     def encode(self, codes: np.ndarray) -> np.ndarray:
         out = np.zeros((len(codes), len(self.values)))
         ok = ~np.isnan(codes)
@@ -216,6 +226,10 @@ class IntRange(Param):
 
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         return self.low + np.minimum(np.floor(u * self.count()), self.count() - 1) * self.step
+
+    def neighbour(self, code: float, rng: np.random.Generator) -> float:
+        up = code + self.step <= self.high and (code - self.step < self.low or rng.random() < 0.5)
+        return code + self.step if up else max(code - self.step, self.low)
 
     def encode(self, codes: np.ndarray) -> np.ndarray:
         return np.nan_to_num((codes - self.low) / max(self.high - self.low, 1))[:, None]
@@ -258,6 +272,12 @@ class FloatRange(Param):
         lo, hi = self._scale(self.low), self._scale(self.high)
         x = lo + u * (hi - lo)
         return np.clip(self._round(np.exp(x) if self.log else x), self.low, self.high)
+
+    def neighbour(self, code: float, rng: np.random.Generator) -> float:
+        lo, hi = self._scale(self.low), self._scale(self.high)
+        x, step = self._scale(code), FLOAT_STEP * (hi - lo)
+        x = x + step if x - step < lo or (x + step <= hi and rng.random() < 0.5) else x - step
+        return float(self.from_unit(np.array([(x - lo) / ((hi - lo) or 1.0)]))[0])
 
     def encode(self, codes: np.ndarray) -> np.ndarray:
         lo, hi = self._scale(self.low), self._scale(self.high)

@@ -76,8 +76,7 @@ def sample(
     if max_latency_ms is not None and space.latency_model is None:
         raise UserError(f"space {space.name}: max_latency_ms needs a latency model (SearchSpace.with_latency)")
     draw = unit_generator(method, space.unit_dims, seed)
-    limits = (math.inf if max_mflops is None else max_mflops, math.inf if max_params is None else max_params,
-              math.inf if max_latency_ms is None else max_latency_ms)
+    limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
     out: list[Sample] = []
     seen: set[str] = set()
     drawn, smallest = 0, (math.inf, math.inf, math.inf)
@@ -114,3 +113,106 @@ def _limits(max_mflops: float | None, max_params: float | None, max_latency_ms: 
     parts += [f"params <= {max_params:g}"] if max_params is not None else []
     parts += [f"predicted latency <= {max_latency_ms:g} ms"] if max_latency_ms is not None else []
     return " and ".join(parts) or "no limit (the space has too few distinct candidates)"
+
+
+LOCAL_DRAWS = 64  # batches of moves tried before local search gives up on finding more neighbours
+
+
+def _limits_of(space: SearchSpace, candidates: list[dict[str, Any]], limits: tuple[float, float, float]) -> np.ndarray:
+    """Each candidate's worst cost-to-limit ratio (<= 1: feasible)."""
+    costs = np.array([space.cost(c, canonical=True) for c in candidates], dtype=float).reshape(-1, 2)
+    lat = space.latencies(candidates) if math.isfinite(limits[2]) else np.zeros(len(candidates))
+    return np.max(np.column_stack([costs, np.asarray(lat, dtype=float)]) / np.array(limits), axis=1)
+
+
+def _moves(space: SearchSpace, codes: np.ndarray, changes: int, count: int,
+           rng: np.random.Generator) -> list[dict[str, Any]]:
+    """``count`` candidates, each the code row moved in 1 to ``changes`` of its active, non-fixed
+    parameters (``Param.neighbour``)."""
+    movable = [j for j, p in enumerate(space.params) if p.unit_width and not np.isnan(codes[j])]
+    filled = np.where(np.isnan(codes), space.unit_codes(np.full((1, space.unit_dims), 0.5))[0], codes)
+    rows = np.repeat(filled[None], count, axis=0)
+    for row in rows:
+        for j in rng.choice(movable, size=min(int(rng.integers(1, changes + 1)), len(movable)), replace=False):
+            row[j] = space.params[j].neighbour(row[j], rng)
+    return space.from_codes(rows)
+
+
+def neighbours(
+    space: SearchSpace,
+    candidate: Mapping[str, Any],
+    n: int,
+    *,
+    changes: int = 2,
+    seed: int = 0,
+    max_mflops: float | None = None,
+    max_params: float | None = None,
+    max_latency_ms: float | None = None,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Sample]:
+    """Up to ``n`` distinct candidates within the limits that differ from ``candidate`` in 1 to
+    ``changes`` parameters, each moved one step: local search around an incumbent, which on
+    small budgets nearly matches model-based search (White et al., "Local search is state of
+    the art for NAS benchmarks"). When ``candidate`` itself is over a limit, they are its
+    nearest feasible relatives instead (``nearest_feasible``). ``exclude``: ids never returned."""
+    limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
+    start = space.canonical(candidate)
+    if _limits_of(space, [start], limits)[0] > 1:
+        return nearest_feasible(space, start, n, seed=seed, max_mflops=max_mflops, max_params=max_params,
+                                max_latency_ms=max_latency_ms, exclude=exclude)
+    rng, codes = np.random.default_rng(seed), space.codes([start])[0]
+    out: dict[str, Sample] = {}
+    for _ in range(LOCAL_DRAWS):
+        moved = [c for c in _moves(space, codes, changes, BATCH, rng) if canonical_id(c) not in exclude | {canonical_id(start)}]
+        for c, ratio in zip(moved, _limits_of(space, moved, limits)):
+            if ratio <= 1 and len(out) < n:
+                out.setdefault(canonical_id(c), _sample(space, c))
+        if len(out) >= n:
+            break
+    return list(out.values())
+
+
+def nearest_feasible(
+    space: SearchSpace,
+    candidate: Mapping[str, Any],
+    n: int,
+    *,
+    seed: int = 0,
+    max_mflops: float | None = None,
+    max_params: float | None = None,
+    max_latency_ms: float | None = None,
+    exclude: set[str] = frozenset(),  # type: ignore[assignment]
+) -> list[Sample]:
+    """Up to ``n`` distinct candidates within the limits reached from an over-limit ``candidate``
+    (a parent costlier than the constraint) by randomised descents: each step of a walk takes,
+    of 32 random one-parameter moves, the one that lowers the worst cost-to-limit ratio most,
+    until the walk is within every limit. Few steps, so each keeps most of the parent."""
+    limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
+    rng = np.random.default_rng(seed)
+    out: dict[str, Sample] = {}
+    for _ in range(LOCAL_DRAWS * n):
+        if len(out) >= n:
+            break
+        current = space.canonical(candidate)
+        ratio = _limits_of(space, [current], limits)[0]
+        while ratio > 1:
+            moved = _moves(space, space.codes([current])[0], 1, 32, rng)
+            ratios = _limits_of(space, moved, limits)
+            pick = int(np.argmin(ratios))
+            if ratios[pick] >= ratio:
+                break
+            current, ratio = moved[pick], ratios[pick]
+        cid = canonical_id(current)
+        if ratio <= 1 and cid not in exclude:
+            out.setdefault(cid, _sample(space, current))
+    return list(out.values())
+
+
+def _limit_tuple(max_mflops: float | None, max_params: float | None, max_latency_ms: float | None) -> tuple[float, float, float]:
+    return tuple(math.inf if v is None else float(v) for v in (max_mflops, max_params, max_latency_ms))  # type: ignore
+
+
+def _sample(space: SearchSpace, candidate: dict[str, Any]) -> Sample:
+    mflops, params = space.cost(candidate, canonical=True)
+    latency = None if space.latency_model is None else float(space.latencies([candidate])[0])
+    return Sample(candidate, canonical_id(candidate), mflops, params, latency)

@@ -418,14 +418,20 @@ class SearchSpace:
         names = [p.name for p in self.params]
         return [{n: col[i] for n, col, a in zip(names, columns, row) if a} for i, row in enumerate(active.tolist())]
 
-    def encode(self, candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
-        """Float64 matrix [N, encoding_length]: one-hot choices, numbers scaled to [0, 1],
-        zeros for inactive parameters; columns ``arch_slice`` then ``recipe_slice``."""
+    def codes(self, candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Code rows [N, len(params)] of candidates (NaN for inactive parameters): the inverse
+        of ``from_codes``."""
         codes = np.full((len(candidates), len(self.params)), np.nan)
         for i, candidate in enumerate(candidates):
             for name, value in self.canonical(candidate, f"candidate {i}").items():
                 j = self._index[name]
                 codes[i, j] = self.params[j].code(value)
+        return codes
+
+    def encode(self, candidates: Sequence[Mapping[str, Any]]) -> np.ndarray:
+        """Float64 matrix [N, encoding_length]: one-hot choices, numbers scaled to [0, 1],
+        zeros for inactive parameters; columns ``arch_slice`` then ``recipe_slice``."""
+        codes = self.codes(candidates)
         return self._encode(codes)
 
     def encode_codes(self, codes: np.ndarray) -> np.ndarray:

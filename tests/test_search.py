@@ -98,6 +98,19 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(searched):
     assert {t["stage"] for t in trials} == {"stage1", "verify", "reference"}
 
 
+def test_the_reference_is_stored_first_and_trained_within_stage_1s_first_rung(searched):
+    """The incumbent to beat is known before verification: stored before any candidate, done
+    before stage 1's round 1 was proposed (it trains beside round 0's first rung)."""
+    store = RunStore(searched["run"] / "nars.sqlite")
+    trials = store.trials()
+    store.close()
+    reference = next(t for t in trials if t["stage"] == "reference")
+    others = [t for t in trials if t["stage"] != "reference"]
+    assert reference["status"] == "done" and reference["reached"] == reference["max_iter"]
+    assert reference["created"] <= min(t["created"] for t in others)
+    assert reference["updated"] <= min(t["created"] for t in others if t["stage"] == "stage1" and t["round"] == 1)
+
+
 def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, capsys):
     # seed 0's first Sobol pair takes both learning rates of this space: one trial diverges
     exp = _experiment(tmp_path, space=str(DATA / "diverging_space.yaml"), **{"stage1.rounds": 1})
@@ -285,7 +298,7 @@ def test_a_parent_of_unknown_architecture_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "quickstart_finetune", "coco_fbnetv3is"])
+@pytest.mark.parametrize("name", ["quickstart", "quickstart_scratch", "quickstart_finetune", "coco_fbnetv3is"])
 def test_shipped_experiments_load_with_feasible_constraints(name):
     from nars.config import load_config
     from search_spaces import load_space

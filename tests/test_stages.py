@@ -13,6 +13,8 @@ from nars.config import load_config
 from nars.search.evolution import evolve
 from nars.search.stage1 import fit_predictor, pretrained_encoder, propose
 from search_spaces import load_space, sample
+from search_spaces.params import FLOAT_STEP
+from search_spaces.sampling import neighbours
 
 LIMITS = {"max_mflops": 600.0, "max_params": 2_000_000, "max_latency_ms": None}
 
@@ -68,3 +70,66 @@ def test_propose_draws_sobol_first_then_the_predictors_best_and_most_uncertain(s
     best = [pool[i].id for i in np.argsort(-mean, kind="stable")[:2]]
     assert [s.id for s in later[:2]] == best  # half exploit: the best predicted of the pool
     assert [s.id for s in propose(space, 1, 4, results=results, tried=tried, **common)] == [s.id for s in later]
+
+
+def _changed(a: dict, b: dict) -> set[str]:
+    return {k for k in {*a, *b} if a.get(k) != b.get(k)}
+
+
+def test_local_search_moves_one_or_two_parameters_one_step_within_the_limits(setting):
+    space, _, _, _ = setting
+    start = sample(space, 1, method="uniform", seed=5, max_mflops=500.0, max_params=1_500_000)[0].candidate
+    near = neighbours(space, start, 12, seed=1, max_mflops=600.0, max_params=2_000_000)
+    assert len(near) == 12 and len({s.id for s in near}) == 12 and space.candidate_id(start) not in {s.id for s in near}
+    for s in near:
+        assert s.mflops <= 600.0 and s.params <= 2_000_000 and (s.mflops, s.params) == space.cost(s.candidate)
+        moved = {k for k in _changed(start, s.candidate) if k in start and k in s.candidate}
+        assert 1 <= len(moved) <= 2, moved  # (a choice may switch a conditional parameter on or off besides)
+        for name in moved:
+            p = space.params[[q.name for q in space.params].index(name)]
+            if p.kind == "int":
+                assert abs(s.candidate[name] - start[name]) == p.step
+            if p.kind == "float":
+                scale = math.log if p.log else (lambda v: v)
+                step = FLOAT_STEP * (scale(p.high) - scale(p.low))
+                # one step, give or take the rounding to the parameter's significant digits
+                assert abs(abs(scale(s.candidate[name]) - scale(start[name])) - step) < step * 0.1 + 10 ** -p.digits
+    again = neighbours(space, start, 12, seed=1, max_mflops=600.0, max_params=2_000_000)
+    assert [s.id for s in again] == [s.id for s in near]
+    rest = neighbours(space, start, 4, seed=1, max_mflops=600.0, max_params=2_000_000, exclude={s.id for s in near[:6]})
+    assert not {s.id for s in rest} & {s.id for s in near[:6]}
+
+
+def test_a_parent_above_the_limits_gives_its_nearest_feasible_relatives(setting):
+    """The reference (1,231 MFLOPs here) under a 600 MFLOPs limit: the descents reach the limit by
+    changing a few parameters, far fewer than a feasible random draw differs from it in."""
+    space, _, _, _ = setting
+    parent = space.references["FBNetV3_A_dsmask"]
+    assert space.cost(parent)[0] > 600.0
+    near = neighbours(space, parent, 5, seed=0, max_mflops=600.0, max_params=2_000_000)
+    assert len(near) == 5 and len({s.id for s in near}) == 5
+    assert all(s.mflops <= 600.0 and s.params <= 2_000_000 for s in near)
+    drawn = sample(space, 20, method="uniform", seed=0, max_mflops=600.0, max_params=2_000_000)
+    near_changes = [len(_changed(parent, s.candidate)) for s in near]
+    random_changes = [len(_changed(parent, s.candidate)) for s in drawn]
+    assert max(near_changes) < min(random_changes), (near_changes, random_changes)
+    assert [s.id for s in neighbours(space, parent, 5, seed=0, max_mflops=600.0, max_params=2_000_000)] == \
+        [s.id for s in near]
+
+
+def test_propose_gives_its_local_share_to_the_incumbents_neighbours(setting):
+    space, encoder, results, tried = setting
+    common = dict(constraints=LIMITS, seed=0, encoder=encoder, pool_size=64, explore=0.0)
+    incumbent = results[0]["candidate"]
+    first = propose(space, 0, 4, results=[], tried=set(), incumbent=incumbent, local=0.5, **common)
+    near = neighbours(space, incumbent, 2, seed=0, max_mflops=600.0, max_params=2_000_000)
+    assert [s.id for s in first[:2]] == [s.id for s in near]
+    sobol = [s.id for s in sample(space, 6, method="sobol", seed=0, max_mflops=600.0, max_params=2_000_000)
+             if s.id not in {n.id for n in near}]
+    assert [s.id for s in first[2:]] == sobol[:2]  # the rest: round 0's Sobol points, as without an incumbent
+    later = propose(space, 1, 4, results=results, tried=tried, incumbent=incumbent, local=0.25, **common)
+    assert later[0].id == neighbours(space, incumbent, 1, seed=1, max_mflops=600.0, max_params=2_000_000,
+                                     exclude=tried)[0].id
+    assert len(later) == 4 and not {s.id for s in later} & tried
+    assert propose(space, 0, 4, results=[], tried=set(), incumbent=incumbent, local=0.0, **common) == \
+        propose(space, 0, 4, results=[], tried=set(), **common)

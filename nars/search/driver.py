@@ -204,15 +204,16 @@ class Search:
         cfg["SOLVER"]["CHECKPOINT_PERIOD"] = iters + 1  # trials keep only model_final.pth
         return cfg
 
-    def run_pending(self, trials: list[dict[str, Any]], label: str, stop_at: int | None = None) -> None:
-        """Train stored trials on Ray to ``stop_at`` (a rung; default: to the end), each from
-        the rung it reached; outcomes land in the store."""
+    def run_pending(self, trials: list[dict[str, Any]], label: str, stop_at: int | None = None,
+                    to_end: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+        """Train stored trials on Ray to ``stop_at`` (a rung; default: to the end), and ``to_end``
+        to their end beside them, each from the rung it reached; outcomes land in the store."""
         ray = self.exp["ray"]
         best = max([t["metrics"].get(METRIC, 0.0) for t in measured(self.store.trials())] + [0.0])
         specs = []
-        for t in trials:
+        for t, stop_here in [(t, None) for t in to_end] + [(t, stop_at) for t in trials]:  # the longest first
             cfg = self.trial_config(t["candidate"], t["stage"])
-            stop = cfg["SOLVER"]["MAX_ITER"] if stop_at is None else min(stop_at, cfg["SOLVER"]["MAX_ITER"])
+            stop = cfg["SOLVER"]["MAX_ITER"] if stop_here is None else min(stop_here, cfg["SOLVER"]["MAX_ITER"])
             specs.append(TrialSpec(t["id"], cfg, str(self.run_dir / "trials" / t["id"]), stop, t["checkpoint"]))
         run_trials(self.store, specs, label=label, storage_path=storage_path(ray, self.run_dir),
                    cpus_per_trial=ray["cpus_per_trial"], gpus_per_trial=ray["gpus_per_trial"],
@@ -226,7 +227,8 @@ class Search:
         """Stage 1's early stopping for one round: synchronous successive halving
         (``nars.search.halving``). Each rung trains the round's remaining trials to its
         iteration, then keeps the best; the decisions go to the store (meta ``halving``)
-        before they are acted on, so a resumed run makes the same ones."""
+        before they are acted on, so a resumed run makes the same ones. Round 0's first rung
+        also trains the pending reference to its end, on the workers its trials leave free."""
         es = self.exp["stage1"]["early_stop"]
         trials = self.store.trials(stage="stage1", round=round_index)
         rungs = milestones(es["grace_period"], es["reduction_factor"], max(t["max_iter"] for t in trials))
@@ -236,7 +238,8 @@ class Search:
             if k >= len(decided):
                 todo = [t for t in self.store.trials(stage="stage1", round=round_index, status="pending")
                         if t["id"] in alive and (t["reached"] or 0) < min(m, t["max_iter"])]
-                self.run_pending(todo, f"{label} rung {k + 1}/{len(rungs)}", stop_at=m)
+                beside = self.store.trials(stage="reference", status="pending") if round_index == k == 0 else []
+                self.run_pending(todo, f"{label} rung {k + 1}/{len(rungs)}", stop_at=m, to_end=beside)
             if k == len(rungs) - 1:
                 break
             now = {t["id"]: t for t in self.store.trials(stage="stage1", round=round_index)}
@@ -269,18 +272,30 @@ class Search:
         self.store.add_trials(rows)
 
     # -- stages -------------------------------------------------------------------------
+    def add_reference(self) -> None:
+        """The reference (``verify.reference``: the parent's architecture with the base recipe
+        when the search has a parent), stored first and trained at the verify budget beside
+        stage 1's first rung (``halve``): the incumbent every candidate has to beat is known
+        before verification, and a search cut short still has it."""
+        ref = self.space.references.get(self.exp["verify"]["reference"])
+        if ref is not None and not self.store.trials(stage="reference"):
+            self.add({"reference": [Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))]}, 0)
+
     def stage1(self) -> None:
         s1 = self.exp["stage1"]
         warm = self.store.get_meta("warm_results", [])  # earlier runs' trials (stage1.warm_start)
+        reference = self.space.references.get(self.exp["verify"]["reference"])
         for r in range(s1["rounds"]):
             if not self.store.trials(stage="stage1", round=r):
                 history = self.store.trials(stage="stage1")
+                results = warm + measured(history)
+                best = max(results, key=lambda t: t["metrics"][METRIC], default=None)
                 best_zero_shot = sorted(self.zero_shot(), key=lambda z: -z["segm_AP"])
                 samples = propose(
                     self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],
-                    encoder=self.encoder, results=warm + measured(history),
-                    tried={t["candidate_id"] for t in warm + history},
+                    encoder=self.encoder, results=results, tried={t["candidate_id"] for t in warm + history},
                     pool_size=s1["pool_size"], explore=s1["explore"], archs=[z["choices"] for z in best_zero_shot],
+                    incumbent=reference if best is None else best["candidate"], local=s1["local"],
                 )
                 self.add({"stage1": samples}, r)
             self.halve(r, f"stage 1 round {r + 1}/{s1['rounds']}")
@@ -309,13 +324,8 @@ class Search:
             incumbent = None if best is None else Sample(best["candidate"], best["candidate_id"], best["mflops"],
                                                          best["params"], best["latency_ms"])
             key = "latency_ms" if self.exp["stage2"]["objective"] == "latency" else "mflops"
-            picks = {"verify": _picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key)}
-            ref = self.space.references.get(v["reference"])
-            if ref is not None:
-                picks["reference"] = [Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))]
-            self.add(picks, 0)  # one transaction: a kill leaves all of verification's trials or none
-        pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("verify", "reference")]
-        self.run_pending(pending, "verification")
+            self.add({"verify": _picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key)}, 0)
+        self.run_pending(self.store.trials(stage="verify", status="pending"), "verification")
 
     def measure_verified(self) -> None:
         """The measured latency of every verified trial (and the reference) not measured yet,
@@ -348,13 +358,15 @@ class Search:
             self.store.set_meta("state", "supernet")
             self.supernet_stage()
         self.store.set_meta("state", "stage1")
+        self.add_reference()
         self.stage1()
-        self._complete("stage1")
+        self.run_pending(self.store.trials(stage="reference", status="pending"), "reference")  # resumed late
+        self._complete("stage1", "reference")
         self.store.set_meta("state", "stage2")
         front = self.stage2()
         self.store.set_meta("state", "verify")
         self.verify(front)
-        self._complete("verify", "reference")
+        self._complete("verify")
         if self.space.latency_model is not None:
             self.store.set_meta("state", "latency")
             self.measure_verified()

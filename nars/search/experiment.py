@@ -50,6 +50,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "eval_period": 50,
         "pool_size": 4096,
         "explore": 0.25,
+        # the share of each round that is local search around the incumbent (the reference in
+        # round 0, then stage 1's best measured candidate): one or two parameters moved one step
+        "local": 0.33,
         # synchronous successive halving (nars.search.halving): rungs at grace_period * rf**k
         "early_stop": {"grace_period": 50, "reduction_factor": 2},
         "pretrain_samples": 2048,
@@ -130,8 +133,9 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
         section, name = key.split(".")
         if exp[section][name] < minimum:
             raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")
-    if not 0.0 <= exp["stage1"]["explore"] <= 1.0:
-        raise UserError(f"{path}: stage1.explore must be in [0, 1], got {exp['stage1']['explore']}")
+    for key in ("explore", "local"):
+        if not 0.0 <= exp["stage1"][key] <= 1.0:
+            raise UserError(f"{path}: stage1.{key} must be in [0, 1], got {exp['stage1'][key]}")
     warm = exp["stage1"]["warm_start"]
     if not all(isinstance(run, str) and run for run in warm):
         raise UserError(f"{path}: stage1.warm_start is a list of run folders, got {warm!r}")

@@ -4,6 +4,11 @@ Round 0 draws Sobol candidates inside the constraints (a latency limit applies t
 space's predicted latency). Every later round refits the proxy-pretrained predictor on all
 results so far and picks from a large constrained pool:
 most by predicted segm AP, an ``explore`` share by the ensemble's uncertainty.
+With an incumbent (the reference, which the search trains first, then stage 1's best
+measured candidate), a ``local`` share of every round is local search around it
+(``search_spaces.sampling.neighbours``: one or two parameters moved one step; a reference
+above the constraints gives its nearest feasible relatives instead): on small budgets,
+searching around the incumbent nearly matches model-based search (White et al., 2021).
 A warm-started search (``stage1.warm_start``: earlier runs' results, ``nars.search.warm_start``)
 has results before its first trial, so round 0 is such a round too: no Sobol draw; the
 ``explore`` share, picked where the predictor is least sure, is what is left of Sobol's
@@ -19,7 +24,7 @@ import numpy as np
 from nars.supernet.subnets import complete
 from predictor import MLPPredictor, ProxyEncoder, pretrain_encoder, proxy_data
 from search_spaces import SearchSpace, sample
-from search_spaces.sampling import Sample
+from search_spaces.sampling import Sample, neighbours
 
 METRIC = "segm_AP"
 
@@ -65,13 +70,29 @@ def propose(
     pool_size: int,
     explore: float,
     archs: Sequence[Mapping[str, Any]] = (),
+    incumbent: Mapping[str, Any] | None = None,
+    local: float = 0.0,
 ) -> list[Sample]:
     """The ``n`` candidates round ``round_index`` trains (deterministic per seed and results):
-    Sobol points while there are no results, else the predictor's picks, whatever the round
-    (warm results make round 0 one). ``tried``: candidate ids never proposed again.
-    ``archs`` (the supernet's best zero-shot architectures, best first): without results,
-    the Sobol points' recipes are tried on those architectures."""
+    a ``local`` share of neighbours of ``incumbent`` (when there is one), the rest Sobol points
+    while there are no results, else the predictor's picks, whatever the round (warm results
+    make round 0 one). ``tried``: candidate ids never proposed again. ``archs`` (the supernet's
+    best zero-shot architectures, best first): without results, the Sobol points' recipes are
+    tried on those architectures."""
     limits = {k: constraints.get(k) for k in ("max_mflops", "max_params", "max_latency_ms")}
+    near = [] if incumbent is None else neighbours(space, incumbent, int(round(local * n)), seed=seed + round_index,
+                                                   exclude=set(tried), **limits)
+    tried = set(tried) | {s.id for s in near}
+    return near + _global(space, round_index, n - len(near), seed=seed, limits=limits, encoder=encoder,
+                          results=results, tried=tried, pool_size=pool_size, explore=explore, archs=archs)
+
+
+def _global(space: SearchSpace, round_index: int, n: int, *, seed: int, limits: Mapping[str, float | None],
+            encoder: ProxyEncoder, results: Sequence[Mapping[str, Any]], tried: set[str], pool_size: int,
+            explore: float, archs: Sequence[Mapping[str, Any]]) -> list[Sample]:
+    """``propose``'s picks over the whole constrained space: Sobol, or the predictor's."""
+    if n <= 0:
+        return []
     if not results:
         pool = sample(space, n + len(tried), method="sobol", seed=seed + round_index, **limits)
         if archs:
