@@ -530,13 +530,12 @@ def main() -> None:
         return row
 
     extra = {"NARS": [], "local": ["stage1.local", "1"]}
-    for seed in args.seeds:  # the searches first: each opens and shuts its own Ray session
-        for method in [m for m in methods if m in SEARCHES]:
+    for seed in args.seeds:  # seed by seed, so that a run cut short still has whole pairs
+        for method in [m for m in methods if m in SEARCHES]:  # each search opens and shuts its own Ray session
             row = record(method, seed, partial(search, source, [*overrides, "seed", str(seed), *extra[method]],
                                                out=str(runs[method, seed]), progress=False))
             verify_k.setdefault(seed, row["verify_trials"])
-    with ray_session(exp["ray"]):  # one session for every baseline run
-        for seed in args.seeds:
+        with ray_session(exp["ray"]):
             for method in [m for m in methods if m not in SEARCHES]:
                 record(method, seed, partial(run_baseline, method, source, overrides, seed, runs[method, seed],
                                              verify_k[seed]))

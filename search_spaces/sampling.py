@@ -116,13 +116,19 @@ def _limits(max_mflops: float | None, max_params: float | None, max_latency_ms: 
 
 
 LOCAL_DRAWS = 64  # batches of moves tried before local search gives up on finding more neighbours
+KEEP_FLOOR = 0.05  # nearest_feasible: moves dropping no parameters rank by their cost cut over this
+
+
+def _costs(space: SearchSpace, candidates: list[dict[str, Any]], limits: tuple[float, float, float]) -> np.ndarray:
+    """[N, 3]: each canonical candidate's MFLOPs, params and (under a latency limit) predicted latency."""
+    costs = np.array([space.cost(c, canonical=True) for c in candidates], dtype=float).reshape(-1, 2)
+    lat = space.latencies(candidates) if math.isfinite(limits[2]) else np.zeros(len(candidates))
+    return np.column_stack([costs, np.asarray(lat, dtype=float)])
 
 
 def _limits_of(space: SearchSpace, candidates: list[dict[str, Any]], limits: tuple[float, float, float]) -> np.ndarray:
     """Each candidate's worst cost-to-limit ratio (<= 1: feasible)."""
-    costs = np.array([space.cost(c, canonical=True) for c in candidates], dtype=float).reshape(-1, 2)
-    lat = space.latencies(candidates) if math.isfinite(limits[2]) else np.zeros(len(candidates))
-    return np.max(np.column_stack([costs, np.asarray(lat, dtype=float)]) / np.array(limits), axis=1)
+    return np.max(_costs(space, candidates, limits) / np.array(limits), axis=1)
 
 
 def _moves(space: SearchSpace, codes: np.ndarray, changes: int, count: int,
@@ -185,8 +191,11 @@ def nearest_feasible(
 ) -> list[Sample]:
     """Up to ``n`` distinct candidates within the limits reached from an over-limit ``candidate``
     (a parent costlier than the constraint) by randomised descents: each step of a walk takes,
-    of 32 random one-parameter moves, the one that lowers the worst cost-to-limit ratio most,
-    until the walk is within every limit. Few steps, so each keeps most of the parent."""
+    of 32 random one-parameter moves that lower the worst cost-to-limit ratio, the one that cuts
+    it most per parameter it drops, until the walk is within every limit. Why per parameter:
+    a candidate inherits the parent's weights, so a move that cuts compute but keeps weights
+    (a smaller RoI pooler, fewer proposals) keeps more of what the parent learned than one that
+    narrows a layer. Few steps, so each keeps most of the parent."""
     limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
     rng = np.random.default_rng(seed)
     out: dict[str, Sample] = {}
@@ -194,14 +203,18 @@ def nearest_feasible(
         if len(out) >= n:
             break
         current = space.canonical(candidate)
-        ratio = _limits_of(space, [current], limits)[0]
+        cost = _costs(space, [current], limits)[0]
+        ratio = float(np.max(cost / np.array(limits)))
         while ratio > 1:
             moved = _moves(space, space.codes([current])[0], 1, 32, rng)
-            ratios = _limits_of(space, moved, limits)
-            pick = int(np.argmin(ratios))
-            if ratios[pick] >= ratio:
+            costs = _costs(space, moved, limits)
+            ratios = np.max(costs / np.array(limits), axis=1)
+            dropped = np.clip(cost[1] - costs[:, 1], 0, None) / cost[1]  # the share of parameters each move drops
+            gain = np.where(ratios < ratio, (ratio - ratios) / (dropped + KEEP_FLOOR), -np.inf)
+            pick = int(np.argmax(gain))
+            if not np.isfinite(gain[pick]):
                 break
-            current, ratio = moved[pick], ratios[pick]
+            current, cost, ratio = moved[pick], costs[pick], float(ratios[pick])
         cid = canonical_id(current)
         if ratio <= 1 and cid not in exclude:
             out.setdefault(cid, _sample(space, current))
