@@ -116,7 +116,7 @@ def _limits(max_mflops: float | None, max_params: float | None, max_latency_ms: 
 
 
 LOCAL_DRAWS = 64  # batches of moves tried before local search gives up on finding more neighbours
-KEEP_FLOOR = 0.05  # nearest_feasible: moves dropping no parameters rank by their cost cut over this
+KEEP_FLOOR = 0.05  # _nearest_feasible: moves dropping no parameters rank by their cost cut over this
 
 
 def _costs(space: SearchSpace, candidates: list[dict[str, Any]], limits: tuple[float, float, float]) -> np.ndarray:
@@ -160,12 +160,11 @@ def neighbours(
     ``changes`` parameters, each moved one step: local search around an incumbent, which on
     small budgets nearly matches model-based search (White et al., "Local search is state of
     the art for NAS benchmarks"). When ``candidate`` itself is over a limit, they are its
-    nearest feasible relatives instead (``nearest_feasible``). ``exclude``: ids never returned."""
+    nearest feasible relatives instead (``_nearest_feasible``). ``exclude``: ids never returned."""
     limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
     start = space.canonical(candidate)
     if _limits_of(space, [start], limits)[0] > 1:
-        return nearest_feasible(space, start, n, seed=seed, max_mflops=max_mflops, max_params=max_params,
-                                max_latency_ms=max_latency_ms, exclude=exclude)
+        return _nearest_feasible(space, start, n, limits, seed, exclude)
     rng, codes = np.random.default_rng(seed), space.codes([start])[0]
     out: dict[str, Sample] = {}
     for _ in range(LOCAL_DRAWS):
@@ -178,17 +177,8 @@ def neighbours(
     return list(out.values())
 
 
-def nearest_feasible(
-    space: SearchSpace,
-    candidate: Mapping[str, Any],
-    n: int,
-    *,
-    seed: int = 0,
-    max_mflops: float | None = None,
-    max_params: float | None = None,
-    max_latency_ms: float | None = None,
-    exclude: set[str] = frozenset(),  # type: ignore[assignment]
-) -> list[Sample]:
+def _nearest_feasible(space: SearchSpace, candidate: dict[str, Any], n: int, limits: tuple[float, float, float],
+                      seed: int, exclude: set[str]) -> list[Sample]:
     """Up to ``n`` distinct candidates within the limits reached from an over-limit ``candidate``
     (a parent costlier than the constraint) by randomised descents: each step of a walk takes,
     of 32 random one-parameter moves that lower the worst cost-to-limit ratio, the one that cuts
@@ -196,7 +186,6 @@ def nearest_feasible(
     a candidate inherits the parent's weights, so a move that cuts compute but keeps weights
     (a smaller RoI pooler, fewer proposals) keeps more of what the parent learned than one that
     narrows a layer. Few steps, so each keeps most of the parent."""
-    limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
     rng = np.random.default_rng(seed)
     out: dict[str, Sample] = {}
     for _ in range(LOCAL_DRAWS * n):
