@@ -119,7 +119,7 @@ def test_the_report_is_one_self_contained_page_with_every_plot(tmp_path, capsys)
     out = tmp_path / "report.html"
     assert main(["report", str(run), "--out", str(out), "--watch", "1"]) == 0  # finished: written once, returns
     page = _parse(out)
-    assert page.rows == 7 and page.refresh is None  # one row per trial; a finished run does not reload
+    assert page.rows == 2 + 7 and page.refresh is None  # rung fidelity (2 looks), one row per trial; no reload once finished
     assert len(page.images) == 3  # fronts, predictor fit, learning curves
     for src in page.images:
         prefix = "data:image/png;base64,"
@@ -143,7 +143,7 @@ def test_the_report_of_a_supernet_run_has_its_curves_zero_shot_table_and_ranking
     assert len(page.images) == 5  # fronts, predictor fit, learning curves, supernet training, zero-shot scatter
     table = text[text.index("zero-shot evaluations, by MFLOPs"):]
     assert [table.index(f">z{i}<") for i in (9, 7, 6, 2, 0)] == sorted(table.index(f">z{i}<") for i in (9, 7, 6, 2, 0))
-    assert page.rows == 9 + 5  # the trials, then the zero-shot records
+    assert page.rows == 2 + 9 + 5  # rung fidelity, the trials, then the zero-shot records
     # c0, c2, c6, c7 are both: their measured APs rank as their zero-shot ones; c1 (pruned) and z9 (no trial) are not
     assert "Kendall's tau 1.00" in text and "of 4 stage-1 trials" in text
     assert "MFLOPs alone, the proxy that costs nothing, ranks them at Kendall's tau -1.00" in text  # z's MFLOPs fall
@@ -208,3 +208,38 @@ def test_tensorboard_has_the_supernets_training_and_zero_shot_scalars(tmp_path):
     assert log_run(run) == 1
     assert [e.step for e in _scalars(folder).Scalars("loss_largest")] == [9, 19, 29, 39]
     assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+
+
+def test_rung_pairs_compare_each_rung_with_where_the_same_trials_ended():
+    from nars.search.halving import rung_pairs
+
+    def trial(cid: str, stage: str, status: str, history: list, max_iter: int = 10, metrics=None) -> dict:
+        return {"candidate_id": cid, "stage": stage, "status": status, "max_iter": max_iter, "history": history,
+                "metrics": metrics}
+
+    h = lambda *aps: [{"iteration": 5 * (k + 1), "segm_AP": ap} for k, ap in enumerate(aps)]  # noqa: E731
+    trials = [trial("a", "stage1", "done", h(0.1, 0.3)), trial("b", "stage1", "done", h(0.2, 0.4)),
+              trial("c", "stage1", "pruned", h(0.05)),  # stopped at the rung: no end to compare with
+              trial("d", "stage1", "failed", h(0.9)),  # failed: not a measurement
+              trial("a", "verify", "done", [], 20, {"segm_AP": 0.5}), trial("c", "verify", "done", [], 20, {"segm_AP": 0.6}),
+              trial("d", "verify", "done", [], 20, {"segm_AP": 0.7})]
+    assert rung_pairs(trials) == {"rung 5 -> 10": [(0.1, 0.3), (0.2, 0.4)],
+                                  "stage 1 -> verify": [(0.3, 0.5), (0.05, 0.6)]}
+
+
+def test_the_report_shows_the_runs_own_rung_fidelity(tmp_path):
+    run = _run(tmp_path, finished=True)
+    store = RunStore(run / "nars.sqlite")  # two more finished stage-1 trials: 4 pairs at rung 5, ranked alike
+    store.add_trials([{"id": f"c{i}-stage1", "candidate_id": f"c{i}", "stage": "stage1", "round": 1,
+                       "candidate": _candidate(i), "mflops": 100.0, "params": 10_000, "max_iter": 10} for i in (6, 7)])
+    for i in (6, 7):
+        for it in (5, 10):
+            store.append_history(f"c{i}-stage1", {"iteration": it, "segm_AP": 0.01 * i * it})
+        store.finish(f"c{i}-stage1", "done", {"segm_AP": 0.1 * i}, wall_time=3.0)
+    store.close()
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    section = page[page.index("<h2>Rung fidelity</h2>"):page.index("<h2>Trials</h2>")]
+    assert "rung 5 -&gt; 10" in section and "tau 1.00" in section  # c0, c2, c6, c7: the same order at 5 and 10
+    assert "stage 1 -&gt; verify" in section and "too few pairs" in section  # c0 and c3 verified; c3 failed in stage 1

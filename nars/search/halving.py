@@ -36,3 +36,31 @@ def survivors(trials: Sequence[Mapping[str, Any]], reduction_factor: int) -> lis
     ranked = sorted(range(len(trials)), key=rank)
     chosen = set(ranked[:keep])
     return [t["id"] for i, t in enumerate(trials) if i in chosen]
+
+
+def rung_pairs(trials: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """A run's own measure of its rungs' fidelity (FBNetV3 chose its early-stopping budget so that
+    the short-vs-full rank correlation reached 0.92): for each rung iteration of stage 1, the
+    (AP there, AP at stage 1's end) of the trials that reached both; and ("stage 1 -> verify")
+    each verified candidate's last stage-1 AP against its verified AP. Kendall's tau over these
+    says whether deciding at that rung ranks candidates as training longer would."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    last_stage1: dict[str, float] = {}
+    for t in trials:
+        if t["stage"] != "stage1" or t["status"] not in ("done", "pruned"):
+            continue
+        reports = [r for r in t["history"] if METRIC in r]
+        if not reports:
+            continue
+        last_stage1[t["candidate_id"]] = reports[-1][METRIC]
+        if reports[-1]["iteration"] < t["max_iter"]:  # stopped early: no end to compare with
+            continue
+        for r in reports[:-1]:
+            pairs.setdefault(f"rung {r['iteration']} -> {reports[-1]['iteration']}", []).append(
+                (r[METRIC], reports[-1][METRIC]))
+    verified = [(last_stage1[t["candidate_id"]], t["metrics"][METRIC]) for t in trials
+                if t["stage"] == "verify" and t["status"] == "done" and t["candidate_id"] in last_stage1
+                and METRIC in (t["metrics"] or {})]
+    if verified:
+        pairs["stage 1 -> verify"] = verified
+    return pairs

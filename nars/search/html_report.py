@@ -22,6 +22,7 @@ from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.search.export import pick
 from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, series
+from nars.search.halving import rung_pairs
 from nars.search.pareto import plot_front
 from nars.search.store import STATUSES, open_run
 from nars.search.tensorboard_log import SUPERNET_DIR
@@ -137,6 +138,18 @@ def _fit(trials: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]]) 
     return pairs, (f"{agreement} over {len(pairs)} verified candidates: how well stage 2's "
                    "predicted ranking held at the full budget. The predictor learnt stage 1's short-budget APs, "
                    "so only the ranking, not the scale, is comparable.")
+
+
+def _fidelity(trials: Sequence[dict[str, Any]]) -> str:
+    """This run's own rung fidelity (``halving.rung_pairs``): Kendall's tau of each rung's AP
+    against the AP the same trials reached later."""
+    rows = [(_e(what), len(pairs), _e(_kendall(pairs) or f"too few pairs (tau needs {MIN_TAU_POINTS})"))
+            for what, pairs in rung_pairs(trials).items()]
+    if not rows:
+        return '<p class="muted">No trial has reached two measured points yet.</p>'
+    return ("<p>How well each early look ranked the candidates as training longer did. A rung whose tau is "
+            "low decided on noise: more iterations per trial (stage1.max_iter) or a later grace period would help.</p>"
+            + _table(("from -> to", "pairs", "agreement"), rows, {1}))
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Container[int],
@@ -295,6 +308,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
     curves_html = _img(_curves_png(curved), "stage 1 learning curves") if curved else \
         '<p class="muted">No stage-1 trial has reported yet.</p>'
     pairs, tau = _fit(trials, predicted)
+    fidelity_html = _fidelity(trials)
     fit_html = (f'<div class="plots">{_img(_fit_png(pairs), "predicted against measured segm AP")}</div>'
                 if pairs else "") + f"<p>{_e(tau)}</p>"
 
@@ -323,6 +337,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
 <h2>Winner</h2>{winner_html}
 <h2>Predictor fit</h2>{fit_html}
 <h2>Learning curves</h2>{curves_html}
+<h2>Rung fidelity</h2>{fidelity_html}
 {supernet_html}
 <h2>Trials</h2>{_trial_table(trials, best["id"] if best else None)}
 </body></html>
