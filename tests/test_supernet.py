@@ -285,7 +285,8 @@ def test_a_search_with_the_supernet_fidelity(tmp_path):
     from nars.search.store import open_run
 
     shutil.copy(DATA / "tiny_search.yaml", tmp_path / "tiny.yaml")
-    overrides = ["stage1.fidelity", "supernet", "stage1.rounds", "1", "supernet.samples", "4", *TINY]
+    overrides = ["stage1.fidelity", "supernet", "stage1.rounds", "1", "supernet.samples", "4",
+                 "stage1.local", "0", *TINY]  # every stage-1 trial from the zero-shot ranking (no local search)
     import os
 
     cwd = os.getcwd()
