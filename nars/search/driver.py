@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from nars.config import load_config, set_key
 from nars.data.shapes import generate_shapes
@@ -205,7 +205,7 @@ class Search:
         return cfg
 
     def run_pending(self, trials: list[dict[str, Any]], label: str, stop_at: int | None = None,
-                    to_end: list[dict[str, Any]] = ()) -> None:  # type: ignore[assignment]
+                    to_end: Sequence[dict[str, Any]] = ()) -> None:
         """Train stored trials on Ray to ``stop_at`` (a rung; default: to the end), and ``to_end``
         to their end beside them, each from the rung it reached; outcomes land in the store."""
         ray = self.exp["ray"]
@@ -272,19 +272,23 @@ class Search:
         self.store.add_trials(rows)
 
     # -- stages -------------------------------------------------------------------------
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        """``verify.reference``'s candidate (with a parent: the parent's architecture and the base
+        recipe), when the space has it."""
+        return self.space.references.get(self.exp["verify"]["reference"])
+
     def add_reference(self) -> None:
-        """The reference (``verify.reference``: the parent's architecture with the base recipe
-        when the search has a parent), stored first and trained at the verify budget beside
-        stage 1's first rung (``halve``): the incumbent every candidate has to beat is known
-        before verification, and a search cut short still has it."""
-        ref = self.space.references.get(self.exp["verify"]["reference"])
+        """The reference, stored first and trained at the verify budget beside stage 1's first
+        rung (``halve``): the incumbent every candidate has to beat is known before
+        verification, and a search cut short still has it."""
+        ref = self.reference
         if ref is not None and not self.store.trials(stage="reference"):
             self.add({"reference": [Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))]}, 0)
 
     def stage1(self) -> None:
         s1 = self.exp["stage1"]
         warm = self.store.get_meta("warm_results", [])  # earlier runs' trials (stage1.warm_start)
-        reference = self.space.references.get(self.exp["verify"]["reference"])
         for r in range(s1["rounds"]):
             if not self.store.trials(stage="stage1", round=r):
                 history = self.store.trials(stage="stage1")
@@ -295,7 +299,7 @@ class Search:
                     self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],
                     encoder=self.encoder, results=results, tried={t["candidate_id"] for t in warm + history},
                     pool_size=s1["pool_size"], explore=s1["explore"], archs=[z["choices"] for z in best_zero_shot],
-                    incumbent=reference if best is None else best["candidate"], local=s1["local"],
+                    incumbent=self.reference if best is None else best["candidate"], local=s1["local"],
                 )
                 self.add({"stage1": samples}, r)
             self.halve(r, f"stage 1 round {r + 1}/{s1['rounds']}")
