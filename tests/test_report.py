@@ -227,6 +227,24 @@ def test_rung_pairs_compare_each_rung_with_where_the_same_trials_ended():
                                   "stage 1 -> verify": [(0.3, 0.5), (0.05, 0.6)]}
 
 
+def test_a_rung_decides_when_its_measured_tau_reaches_min_tau():
+    from nars.search.halving import rung_gate
+
+    def trial(aps: tuple[float, ...], status: str = "done") -> dict:
+        return {"stage": "stage1", "status": status, "max_iter": 20,
+                "history": [{"iteration": 5 * (k + 1), "segm_AP": ap} for k, ap in enumerate(aps)]}
+
+    # rung 5 ranks the 4 ended trials as their ends do (tau 1); rung 10 swaps one pair (tau 2/3)
+    trials = [trial((0.1, 0.1, 0.2, 0.4)), trial((0.2, 0.3, 0.1, 0.5)), trial((0.3, 0.2, 0.3, 0.6)),
+              trial((0.4, 0.4, 0.4, 0.7)), trial((0.9,), "pruned"), trial((0.0, 0.0, 0.9, 0.1), "failed")]
+    gate = rung_gate(trials, [5, 10, 15], min_tau=0.8)
+    assert [(g["iteration"], g["pairs"], g["used"]) for g in gate] == [(5, 4, True), (10, 4, False), (15, 4, False)]
+    assert gate[0]["tau"] == pytest.approx(1.0) and gate[1]["tau"] == pytest.approx(2 / 3)
+    assert [g["used"] for g in rung_gate(trials, [5, 10], min_tau=0.6)] == [True, True]
+    assert [g["used"] for g in rung_gate(trials[:2], [5], min_tau=-1.0)] == [False]  # 2 pairs: unmeasured
+    assert [g["used"] for g in rung_gate([], [5], min_tau=None)] == [True]  # plain halving
+
+
 def test_the_report_shows_the_runs_own_rung_fidelity(tmp_path):
     run = _run(tmp_path, finished=True)
     store = RunStore(run / "nars.sqlite")  # two more finished stage-1 trials: 4 pairs at rung 5, ranked alike

@@ -39,6 +39,7 @@ def _experiment(tmp: Path, concurrency: int) -> Path:
     exp = yaml.safe_load((DATA / "tiny_search.yaml").read_text())
     exp["dataset"]["shapes"]["out"] = str(tmp / "shapes")
     exp["ray"]["max_concurrent"] = concurrency
+    exp["stage1"]["early_stop"]["min_tau"] = None  # every rung decides: halving's decisions are what resume must repeat
     path = tmp / "experiment.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path

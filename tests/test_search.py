@@ -111,6 +111,24 @@ def test_the_reference_is_stored_first_and_trained_within_stage_1s_first_rung(se
     assert reference["updated"] <= min(t["created"] for t in others if t["stage"] == "stage1" and t["round"] == 1)
 
 
+def test_a_rung_decides_only_once_earlier_rounds_measured_its_fidelity(searched):
+    """tiny_search keeps the default gate (min_tau 0.8): round 0 has no earlier trial to measure
+    rung 5 with, and round 1's two pairs are too few for a tau, so no rung decides and every
+    stage-1 trial trains to its end; the gate is stored with the run and shown in the report."""
+    store = RunStore(searched["run"] / "nars.sqlite")
+    trials, gate, halving = store.trials(stage="stage1"), store.get_meta("rung_gate"), store.get_meta("halving")
+    store.close()
+    round0_ended = sum(t["status"] == "done" for t in trials if t["round"] == 0)
+    assert gate == {"0": [{"iteration": 5, "pairs": 0, "tau": None, "used": False}],
+                    "1": [{"iteration": 5, "pairs": round0_ended, "tau": None, "used": False}]}
+    assert not halving
+    assert all(t["reached"] == t["max_iter"] for t in trials if t["status"] == "done")
+    assert not [t for t in trials if t["status"] == "pruned"]
+    out = searched["tmp"] / "report.html"
+    assert main(["report", str(searched["run"]), "--out", str(out)]) == 0
+    assert "trained through" in out.read_text() and "stage1.early_stop.min_tau" in out.read_text()
+
+
 def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, capsys):
     # seed 0's first Sobol pair takes both learning rates of this space: one trial diverges
     exp = _experiment(tmp_path, space=str(DATA / "diverging_space.yaml"), **{"stage1.rounds": 1})
@@ -266,6 +284,8 @@ def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, cap
         ({"constraints": {"max_mflops": 1.0}}, "drawn candidates meet MFLOPs <= 1 "),
         ({"constraints": {"max_latency_ms": -5.0}}, "constraints.max_latency_ms must be > 0 (milliseconds), got -5.0"),
         ({"constraints": {"max_latency_ms": "fast"}}, "constraints.max_latency_ms expects number or NoneType"),
+        ({"stage1": {"early_stop": {"grace_period": 5, "reduction_factor": 2, "min_tau": 1.5}}},
+         "stage1.early_stop.min_tau must be in [-1, 1] (a Kendall tau) or null, got 1.5"),
         ({"stage2": {"objective": "speed"}}, "stage2.objective must be one of mflops, latency, got 'speed'"),
         ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
                       "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),

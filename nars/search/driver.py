@@ -32,7 +32,7 @@ from nars.search.evolution import evolve
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose, zero_shot_encoder
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
-from nars.search.halving import milestones, survivors
+from nars.search.halving import milestones, rung_gate, survivors
 from nars.search.tensorboard_log import SUPERNET_DIR, log_run
 from nars.search.trials import TrialSpec, run_trials
 from nars.search.warm_start import FINGERPRINT_KEY, fingerprint, warm_results
@@ -231,7 +231,8 @@ class Search:
         also trains the pending reference to its end, on the workers its trials leave free."""
         es = self.exp["stage1"]["early_stop"]
         trials = self.store.trials(stage="stage1", round=round_index)
-        rungs = milestones(es["grace_period"], es["reduction_factor"], max(t["max_iter"] for t in trials))
+        rungs = self.rungs(round_index, milestones(es["grace_period"], es["reduction_factor"],
+                                                   max(t["max_iter"] for t in trials)))
         alive = [t["id"] for t in trials]
         for k, m in enumerate(rungs):
             decided = self.store.get_meta("halving", {}).get(str(round_index), [])
@@ -254,6 +255,21 @@ class Search:
                 if t["id"] not in alive and t["status"] == "pending":
                     self.store.finish(t["id"], "pruned", t["metrics"], wall_time=t["wall_time"])
             log_run(self.run_dir)  # the pruned trials, in TensorBoard
+
+    def rungs(self, round_index: int, rungs: list[int]) -> list[int]:
+        """The round's rungs that decide (``halving.rung_gate`` over earlier rounds' trials), then
+        its end; the gate is stored (meta ``rung_gate``) before the round trains."""
+        gates = self.store.get_meta("rung_gate", {})
+        if str(round_index) not in gates:
+            earlier = [t for t in self.store.trials(stage="stage1") if t["round"] < round_index]
+            gates[str(round_index)] = rung_gate(earlier, rungs[:-1], self.exp["stage1"]["early_stop"]["min_tau"])
+            self.store.set_meta("rung_gate", gates)
+            for g in gates[str(round_index)]:
+                if not g["used"]:
+                    logger.info("round %d: rung %d trained through, not decided at (Kendall tau %s over %d pairs)",
+                                round_index + 1, g["iteration"], "unmeasured" if g["tau"] is None else f"{g['tau']:.2f}",
+                                g["pairs"])
+        return [g["iteration"] for g in gates[str(round_index)] if g["used"]] + rungs[-1:]
 
     def add(self, samples: Mapping[str, list[Sample]], round_index: int) -> None:
         """Store samples (by stage) as pending trials, in one transaction (id: candidate id +

@@ -53,8 +53,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         # the share of each round that is local search around the incumbent (the reference in
         # round 0, then stage 1's best measured candidate): one or two parameters moved one step
         "local": 0.33,
-        # synchronous successive halving (nars.search.halving): rungs at grace_period * rf**k
-        "early_stop": {"grace_period": 50, "reduction_factor": 2},
+        # synchronous successive halving (nars.search.halving): rungs at grace_period * rf**k; a
+        # rung decides only once earlier rounds' trials showed its Kendall tau against stage 1's
+        # end is at least min_tau (null: every rung decides, unchecked)
+        "early_stop": {"grace_period": 50, "reduction_factor": 2, "min_tau": 0.8},
         "pretrain_samples": 2048,
         # earlier run folders on the same space, setup and dataset whose measured trials feed the
         # predictor from round 0 (nars.search.warm_start); relative to the folder the search starts in
@@ -97,7 +99,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 EXPERIMENT_SCHEMA = Schema(
     EXPERIMENT_DEFAULTS,
     {"constraints.max_mflops": NONE_FLOAT, "constraints.max_params": NONE_FLOAT,
-     "constraints.max_latency_ms": NONE_FLOAT, "config": (dict,)},
+     "constraints.max_latency_ms": NONE_FLOAT, "stage1.early_stop.min_tau": NONE_FLOAT, "config": (dict,)},
     kind="experiment",
 )
 
@@ -153,6 +155,9 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     if early["grace_period"] < 1 or early["reduction_factor"] < 2:
         raise UserError(f"{path}: stage1.early_stop needs grace_period >= 1 and reduction_factor >= 2, "
                         f"got {early['grace_period']} and {early['reduction_factor']}")
+    if early["min_tau"] is not None and not -1.0 <= early["min_tau"] <= 1.0:
+        raise UserError(f"{path}: stage1.early_stop.min_tau must be in [-1, 1] (a Kendall tau) or null, "
+                        f"got {early['min_tau']}")
     return exp
 
 

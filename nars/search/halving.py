@@ -6,6 +6,12 @@ rung's ``1 - 1/rf`` quantile, once every trial of the rung has reported). Equal 
 at stage 1's short budgets where many are 0, are ranked by the training loss logged last,
 then kept in the round's order. Unlike ASHA, which decides as reports arrive, nothing depends on which trial
 finishes first, so the same results give the same decisions at any concurrency, on any cluster.
+
+A rung decides only once the run has shown it can (``rung_gate``): FBNetV3 chose its
+early-stopping budget so that the short-vs-full rank correlation reached 0.92. Each round's
+rungs are checked against the trials of earlier rounds that reached both the rung and stage
+1's end; a rung whose Kendall tau is below ``stage1.early_stop.min_tau``, or not measured yet
+(too few pairs), is trained through, not decided at.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 METRIC = "segm_AP"
+MIN_PAIRS = 3  # Kendall's tau of fewer pairs says nothing (two points: always +-1)
 
 
 def milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int]:
@@ -38,26 +45,55 @@ def survivors(trials: Sequence[Mapping[str, Any]], reduction_factor: int) -> lis
     return [t["id"] for i, t in enumerate(trials) if i in chosen]
 
 
-def rung_pairs(trials: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
-    """A run's own measure of its rungs' fidelity (FBNetV3 chose its early-stopping budget so that
-    the short-vs-full rank correlation reached 0.92): for each rung iteration of stage 1, the
-    (AP there, AP at stage 1's end) of the trials that reached both; and ("stage 1 -> verify")
-    each verified candidate's last stage-1 AP against its verified AP. Kendall's tau over these
-    says whether deciding at that rung ranks candidates as training longer would."""
-    pairs: dict[str, list[tuple[float, float]]] = {}
-    last_stage1: dict[str, float] = {}
+def stage1_pairs(trials: Sequence[Mapping[str, Any]]) -> dict[tuple[int, int], list[tuple[float, float]]]:
+    """For each (rung iteration, end iteration) of stage 1, the (AP at the rung, AP at the end) of
+    the trials that reached both (a trial stopped early has no end to compare with)."""
+    pairs: dict[tuple[int, int], list[tuple[float, float]]] = {}
     for t in trials:
         if t["stage"] != "stage1" or t["status"] not in ("done", "pruned"):
             continue
         reports = [r for r in t["history"] if METRIC in r]
-        if not reports:
-            continue
-        last_stage1[t["candidate_id"]] = reports[-1][METRIC]
-        if reports[-1]["iteration"] < t["max_iter"]:  # stopped early: no end to compare with
+        if not reports or reports[-1]["iteration"] < t["max_iter"]:
             continue
         for r in reports[:-1]:
-            pairs.setdefault(f"rung {r['iteration']} -> {reports[-1]['iteration']}", []).append(
-                (r[METRIC], reports[-1][METRIC]))
+            pairs.setdefault((r["iteration"], reports[-1]["iteration"]), []).append((r[METRIC], reports[-1][METRIC]))
+    return pairs
+
+
+def kendall_tau(pairs: Sequence[tuple[float, float]]) -> float | None:
+    """Kendall's tau-b of (x, y) pairs; None with fewer than ``MIN_PAIRS`` or when either side is
+    constant (no ranking to agree with)."""
+    if len(pairs) < MIN_PAIRS:
+        return None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(*zip(*pairs)).statistic
+    return None if math.isnan(tau) else float(tau)
+
+
+def rung_gate(trials: Sequence[Mapping[str, Any]], rungs: Sequence[int], min_tau: float | None) -> list[dict[str, Any]]:
+    """Which of a round's rungs (all but its last) decide: one whose tau over ``trials`` (earlier
+    rounds') is at least ``min_tau``; every rung when ``min_tau`` is None (plain halving). One
+    record per rung: iteration, pairs, tau (None: not measurable yet), used."""
+    by_rung: dict[int, list[tuple[float, float]]] = {}
+    for (m, _), pairs in stage1_pairs(trials).items():
+        by_rung.setdefault(m, []).extend(pairs)
+    gate = []
+    for m in rungs:
+        tau = kendall_tau(by_rung.get(m, []))
+        used = min_tau is None or (tau is not None and tau >= min_tau)
+        gate.append({"iteration": m, "pairs": len(by_rung.get(m, [])), "tau": tau, "used": used})
+    return gate
+
+
+def rung_pairs(trials: Sequence[Mapping[str, Any]]) -> dict[str, list[tuple[float, float]]]:
+    """A run's own measure of its rungs' fidelity, for the report: ``stage1_pairs`` labelled
+    "rung M -> END", and ("stage 1 -> verify") each verified candidate's last stage-1 AP
+    against its verified AP."""
+    pairs = {f"rung {m} -> {end}": p for (m, end), p in stage1_pairs(trials).items()}
+    last_stage1 = {t["candidate_id"]: reports[-1][METRIC] for t in trials
+                   if t["stage"] == "stage1" and t["status"] in ("done", "pruned")
+                   and (reports := [r for r in t["history"] if METRIC in r])}
     verified = [(last_stage1[t["candidate_id"]], t["metrics"][METRIC]) for t in trials
                 if t["stage"] == "verify" and t["status"] == "done" and t["candidate_id"] in last_stage1
                 and METRIC in (t["metrics"] or {})]

@@ -22,13 +22,12 @@ from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.search.export import pick
 from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, series
-from nars.search.halving import rung_pairs
+from nars.search.halving import MIN_PAIRS as MIN_TAU_POINTS, rung_pairs
 from nars.search.pareto import plot_front
 from nars.search.store import STATUSES, open_run
 from nars.search.tensorboard_log import SUPERNET_DIR
 
 REFRESH_S = 30  # how often a live page reloads itself when nobody said
-MIN_TAU_POINTS = 3  # Kendall's tau of fewer pairs says nothing (two points: always +-1)
 _STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1240px; padding: 0 16px; color: #222; }
 h1 { font-size: 22px; margin-bottom: 4px; } h2 { font-size: 17px; margin-top: 28px; border-bottom: 1px solid #ddd; }
@@ -140,16 +139,28 @@ def _fit(trials: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]]) 
                    "so only the ranking, not the scale, is comparable.")
 
 
-def _fidelity(trials: Sequence[dict[str, Any]]) -> str:
+def _fidelity(trials: Sequence[dict[str, Any]], gate: Mapping[str, list[dict[str, Any]]], min_tau: float | None) -> str:
     """This run's own rung fidelity (``halving.rung_pairs``): Kendall's tau of each rung's AP
-    against the AP the same trials reached later."""
+    against the AP the same trials reached later; and, per round, whether each rung decided
+    (``halving.rung_gate``, as stored before the round trained)."""
     rows = [(_e(what), len(pairs), _e(_kendall(pairs) or f"too few pairs (tau needs {MIN_TAU_POINTS})"))
             for what, pairs in rung_pairs(trials).items()]
     if not rows:
-        return '<p class="muted">No trial has reached two measured points yet.</p>'
-    return ("<p>How well each early look ranked the candidates as training longer did. A rung whose tau is "
-            "low decided on noise: more iterations per trial (stage1.max_iter) or a later grace period would help.</p>"
-            + _table(("from -> to", "pairs", "agreement"), rows, {1}))
+        html = '<p class="muted">No trial has reached two measured points yet.</p>'
+    else:
+        html = ("<p>How well each early look ranked the candidates as training longer did. A rung whose tau is "
+                "low decides on noise: more iterations per trial (stage1.max_iter) or a later grace period would "
+                "help.</p>" + _table(("from -> to", "pairs", "agreement"), rows, {1}))
+    decisions = [(int(r) + 1, g["iteration"], g["pairs"], "-" if g["tau"] is None else f"{g['tau']:.2f}",
+                  "decided (pruned the worst)" if g["used"] else "trained through")
+                 for r, gates in sorted(gate.items(), key=lambda kv: int(kv[0])) for g in gates]
+    if decisions:
+        rule = ("every rung decides (stage1.early_stop.min_tau is null)" if min_tau is None else
+                f"a rung decides once earlier rounds' trials gave it Kendall tau >= {min_tau:g} over at least "
+                f"{MIN_TAU_POINTS} pairs (stage1.early_stop.min_tau)")
+        html += f"<p>Early stopping per round: {_e(rule)}.</p>" + _table(
+            ("round", "rung (iteration)", "pairs then", "tau then", "rung"), decisions, {0, 1, 2, 3})
+    return html
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[Any]], numeric: Container[int],
@@ -285,6 +296,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
         state = store.get_meta("state") or "starting"
         predicted = store.get_meta("stage2_front") or []
         zero_shot = store.get_meta("zero_shot") or []
+        gate = store.get_meta("rung_gate") or {}
     finally:
         store.close()
     counts = Counter(t["status"] for t in trials)
@@ -308,7 +320,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
     curves_html = _img(_curves_png(curved), "stage 1 learning curves") if curved else \
         '<p class="muted">No stage-1 trial has reported yet.</p>'
     pairs, tau = _fit(trials, predicted)
-    fidelity_html = _fidelity(trials)
+    fidelity_html = _fidelity(trials, gate, experiment.get("stage1", {}).get("early_stop", {}).get("min_tau"))
     fit_html = (f'<div class="plots">{_img(_fit_png(pairs), "predicted against measured segm AP")}</div>'
                 if pairs else "") + f"<p>{_e(tau)}</p>"
 
