@@ -164,3 +164,7 @@ def test_a_training_inherits_a_checkpoint_of_another_architecture(tmp_path: Path
           progress=False)
     same = json.loads((tmp_path / "same" / START_WEIGHTS_FILE).read_text())
     assert same["mode"] == "load" and same["fraction"] == 1.0
+    train(load_config("search_shapes", base + ["MODEL.WEIGHTS", str(tmp_path / "parent"), "MODEL.FBNET_V2.NORM", "GN"]),
+          tmp_path / "gn", progress=False)  # the same arch with GN: the batch-norm statistics have no place
+    gn = json.loads((tmp_path / "gn" / START_WEIGHTS_FILE).read_text())
+    assert gn["mode"] == "inherit" and 0.9 < gn["fraction"] < 1

@@ -178,8 +178,11 @@ def test_stored_costs_are_those_of_each_trials_own_config(searched, capsys):
 
 def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path, capsys):
     """parent.config trains the parent into parent.weights (cached); every trial starts from it:
-    the reference (the parent's own arch) loads it whole, the others inherit part of it."""
+    the reference and the recipe stage's trials (the parent's own arch) load it whole, the others
+    inherit part of it. The recipe stage trains before stage 1, at the reference's budget, and
+    its best (the tuned parent) is round 0's local-search incumbent."""
     from nars.config import dump, load_config
+    from search_spaces import load_space
 
     config = tmp_path / "parent.yaml"
     config.write_text(dump(load_config("search_shapes", [
@@ -187,18 +190,30 @@ def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path
         "DATASETS.TEST.JSON", "''"])))
     parent = {"weights": str(tmp_path / "parent"), "arch": "", "config": str(config),
               "shapes": {"out": str(tmp_path / "parent_shapes"), "train": 4, "val": 2, "size": 64, "seed": 1}}
-    exp = _experiment(tmp_path, parent=parent, **{"stage1.rounds": 1})
+    exp = _experiment(tmp_path, parent=parent, recipe={"trials": 2}, **{"stage1.rounds": 1, "stage1.local": 0.5})
     assert main(["search", str(exp), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "parent" / "model_final.pth").is_file()
     store = RunStore(tmp_path / "run" / "nars.sqlite")
     trials = store.trials()
     store.close()
-    assert {t["stage"] for t in trials} == {"stage1", "verify", "reference"}
+    assert {t["stage"] for t in trials} == {"stage1", "verify", "reference", "recipe"}
+    parents = [t for t in trials if t["stage"] in ("reference", "recipe")]
+    reference = parents[0]
+    assert len(parents) == 3 and len({t["candidate_id"] for t in parents}) == 3
+    arch = load_space("fbnetv3is_quick").arch_names
+    for t in parents:  # the parent's architecture, other recipes, the reference's budget, before stage 1
+        assert {k: v for k, v in t["candidate"].items() if k in arch} == \
+            {k: v for k, v in reference["candidate"].items() if k in arch}
+        assert t["max_iter"] == reference["max_iter"] and t["status"] == "done"
+        assert t["updated"] <= min(s["created"] for s in trials if s["stage"] == "stage1")
+    tuned = max(parents, key=lambda t: (t["metrics"]["segm_AP"], t["stage"] == "reference"))["candidate"]
+    first = next(t["candidate"] for t in trials if t["stage"] == "stage1")
+    assert 1 <= sum(first[k] != v for k, v in tuned.items()) <= 2  # a neighbour of the tuned parent
     for t in trials:  # pruned trials' folders stay in Ray's storage (their checkpoint), done ones are in the run
         folder = tmp_path / "run" / "trials" / t["id"] if t["status"] == "done" else Path(t["checkpoint"])
         start = json.loads((folder / "start_weights.json").read_text())
         assert start["weights"] == str(tmp_path / "parent" / "model_final.pth")
-        if t["stage"] == "reference":
+        if t["stage"] == "reference" or (t["stage"] == "recipe" and t["candidate"]["norm"] == "BN"):
             assert start["mode"] == "load" and start["fraction"] == 1.0
         else:
             assert start["mode"] == "inherit" and 0 < start["fraction"] <= 1

@@ -66,13 +66,15 @@ def load_run_weights(model: nn.Module, value: str, use_ema: bool, complete: bool
 def load_start_weights(model: nn.Module, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``MODEL.WEIGHTS`` at the start of a training: loaded key by key when it is of this
     model's architecture (or of an unknown one), inherited (nars.model.inherit) when it is of
-    another. Returns what happened, for the run folder's ``start_weights.json``."""
+    another, or of another norm (a batch-norm parent's statistics mean nothing to GN). Returns
+    what happened, for the run folder's ``start_weights.json``."""
     value = model_cfg["WEIGHTS"]
     path, named_arch = resolve_weights(value)
     ckpt = read_checkpoint(path)
     parent = checkpoint_arch(path, ckpt, named_arch, model_cfg["WEIGHTS_ARCH"])
     state = state_dict_of(ckpt, model_cfg["WEIGHTS_EMA"], path)
-    if parent is None or parent.to_data() == model.arch.to_data():
+    same_norm = any(map(is_norm_stat, model.state_dict())) == any(map(is_norm_stat, state))
+    if parent is None or (parent.to_data() == model.arch.to_data() and same_norm):
         report = load_state(model, state)
         check_fit(report, model, f"weights {value}", complete=False)
         weights = {k: v.numel() for k, v in model.state_dict().items() if not is_norm_stat(k)}

@@ -36,6 +36,7 @@ from nars.search.halving import milestones, rung_gate, survivors
 from nars.search.tensorboard_log import SUPERNET_DIR, log_run
 from nars.search.trials import TrialSpec, run_trials
 from nars.search.warm_start import FINGERPRINT_KEY, fingerprint, warm_results
+from nars.supernet.subnets import complete
 from predictor.latency import fit_measurements, measure_space
 from search_spaces import SearchSpace, load_space, sample
 from search_spaces.sampling import Sample
@@ -302,6 +303,40 @@ class Search:
         if ref is not None and not self.store.trials(stage="reference"):
             self.add({"reference": [Sample(ref, self.space.candidate_id(ref), *self.space.cost(ref))]}, 0)
 
+    def recipe_stage(self) -> None:
+        """``recipe.trials`` other recipes on the reference's architecture, trained like the
+        reference and beside it (PriorBand and FBNetV3 both start from the recipe: a few hundred
+        iterations are a sliver of a schedule, so the recipe decides much of a trial's AP)."""
+        ref = self.reference
+        if ref is None or not self.exp["recipe"]["trials"]:
+            return
+        if not self.store.trials(stage="recipe"):
+            self.add({"recipe": self.recipes(ref, self.exp["recipe"]["trials"])}, 0)
+        pending = [t for t in self.store.trials(status="pending") if t["stage"] in ("reference", "recipe")]
+        self.run_pending(pending, "recipe stage")
+
+    def recipes(self, ref: Mapping[str, Any], n: int) -> list[Sample]:
+        """``n`` Sobol draws of the space's recipe part on ``ref``'s architecture (not the
+        reference's own recipe; no constraints: the parent's cost is what it is)."""
+        arch = {k: v for k, v in ref.items() if k in self.space.arch_names}
+        seen, out = {self.space.candidate_id(ref)}, []
+        for s in sample(self.space, 4 * n, method="sobol", seed=self.exp["seed"]):
+            c = complete(self.space, arch, s.candidate)
+            cid = self.space.candidate_id(c)
+            if cid not in seen:
+                seen.add(cid)
+                out.append(Sample(c, cid, *self.space.cost(c)))
+        return out[:n]
+
+    def tuned_parent(self) -> dict[str, Any] | None:
+        """After the recipe stage, its best trained trial or the reference's (ties: the
+        reference); else None."""
+        tuned = [t for t in self.store.trials(status="done") if t["stage"] in ("reference", "recipe")
+                 and METRIC in (t["metrics"] or {})]
+        if not any(t["stage"] == "recipe" for t in tuned):
+            return None
+        return max(tuned, key=lambda t: (t["metrics"][METRIC], t["stage"] == "reference"))
+
     def stage1(self) -> None:
         s1 = self.exp["stage1"]
         warm = self.store.get_meta("warm_results", [])  # earlier runs' trials (stage1.warm_start)
@@ -309,7 +344,7 @@ class Search:
             if not self.store.trials(stage="stage1", round=r):
                 history = self.store.trials(stage="stage1")
                 results = warm + measured(history)
-                best = max(results, key=lambda t: t["metrics"][METRIC], default=None)
+                best = max(results, key=lambda t: t["metrics"][METRIC], default=None) or self.tuned_parent()
                 best_zero_shot = sorted(self.zero_shot(), key=lambda z: -z["segm_AP"])
                 samples = propose(
                     self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],
@@ -379,9 +414,10 @@ class Search:
             self.supernet_stage()
         self.store.set_meta("state", "stage1")
         self.add_reference()
+        self.recipe_stage()
         self.stage1()
         self.run_pending(self.store.trials(stage="reference", status="pending"), "reference")  # resumed late
-        self._complete("stage1", "reference")
+        self._complete("stage1", "reference", "recipe")
         self.store.set_meta("state", "stage2")
         front = self.stage2()
         self.store.set_meta("state", "verify")

@@ -43,6 +43,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # max_latency_ms: the predicted inference latency on this machine's CPU (the search first
     # measures latency.samples candidates to fit the predictor: predictor.latency)
     "constraints": {"max_mflops": None, "max_params": None, "max_latency_ms": None},
+    # the recipe stage (optional; 0: none): before stage 1, this many other recipes (Sobol draws
+    # of the space's recipe part) on the reference's architecture, each trained like the
+    # reference; the best of them and the reference is the tuned parent, stage 1's first incumbent
+    "recipe": {"trials": 0},
     "stage1": {
         "rounds": 2,
         "trials_per_round": 4,
@@ -120,7 +124,7 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
         raise UserError(f"{path}: dataset needs either shapes.out (generated data) or train and val files, not both")
     if has_files and not all(data[s][k] for s in ("train", "val") for k in ("json", "images")):
         raise UserError(f"{path}: dataset.train and dataset.val each need json and images")
-    for key, minimum in (("stage1.rounds", 1), ("stage1.trials_per_round", 1), ("stage1.max_iter", 1),
+    for key, minimum in (("recipe.trials", 0), ("stage1.rounds", 1), ("stage1.trials_per_round", 1), ("stage1.max_iter", 1),
                          ("verify.top_k", 1), ("verify.max_iter", 1), ("ray.max_concurrent", 1), ("ray.max_failures", 0)):
         section, name = key.split(".")
         if exp[section][name] < minimum:

@@ -63,7 +63,8 @@ def series(f: dict[str, Any], x: str = "mflops") -> dict[str, Any]:
     of the stage-1 and verified trials), the ``measured`` front and the ``reference`` point."""
     groups: dict[str, tuple[list[float], list[float]]] = {}
     for row in f["trials"]:
-        label = {"stage1": "stage 1 (short budget)", "verify": "verified (full budget)"}.get(row["stage"])
+        label = {"stage1": "stage 1 (short budget)", "verify": "verified (full budget)",
+                 "recipe": "the parent, other recipes"}.get(row["stage"])
         if label and cost_of(row, x) is not None:
             xs, ys = groups.setdefault(label, ([], []))
             xs.append(cost_of(row, x))
