@@ -261,3 +261,16 @@ def test_the_report_shows_the_runs_own_rung_fidelity(tmp_path):
     section = page[page.index("<h2>Rung fidelity</h2>"):page.index("<h2>Trials</h2>")]
     assert "rung 5 -&gt; 10" in section and "tau 1.00" in section  # c0, c2, c6, c7: the same order at 5 and 10
     assert "stage 1 -&gt; verify" in section and "too few pairs" in section  # c0 and c3 verified; c3 failed in stage 1
+
+
+def test_the_tuned_parent_is_the_recipe_stages_best_or_the_reference():
+    from nars.search.fronts import tuned_parent
+
+    def trial(tid: str, stage: str, ap: float | None, status: str = "done") -> dict:
+        return {"id": tid, "stage": stage, "status": status, "metrics": None if ap is None else {"segm_AP": ap}}
+
+    ref = trial("r", "reference", 0.30)
+    assert tuned_parent([ref, trial("s", "stage1", 0.9)]) is None  # no recipe stage
+    assert tuned_parent([ref, trial("a", "recipe", 0.25), trial("b", "recipe", 0.35),
+                         trial("c", "recipe", 0.9, "failed")])["id"] == "b"
+    assert tuned_parent([trial("a", "recipe", 0.30), ref])["id"] == "r"  # a tie keeps the reference's recipe

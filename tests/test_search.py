@@ -206,7 +206,12 @@ def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path
             {k: v for k, v in reference["candidate"].items() if k in arch}
         assert t["max_iter"] == reference["max_iter"] and t["status"] == "done"
         assert t["updated"] <= min(s["created"] for s in trials if s["stage"] == "stage1")
-    tuned = max(parents, key=lambda t: (t["metrics"]["segm_AP"], t["stage"] == "reference"))["candidate"]
+    best = max(parents, key=lambda t: (t["metrics"]["segm_AP"], t["stage"] == "reference"))
+    tuned = best["candidate"]
+    from nars.search.fronts import fronts
+
+    shown = fronts(tmp_path / "run")["tuned"]  # the tuned parent, when a recipe beat the reference's
+    assert (shown and shown["trial"]) == (best["id"] if best["stage"] == "recipe" else None)
     first = next(t["candidate"] for t in trials if t["stage"] == "stage1")
     assert 1 <= sum(first[k] != v for k, v in tuned.items()) <= 2  # a neighbour of the tuned parent
     for t in trials:  # pruned trials' folders stay in Ray's storage (their checkpoint), done ones are in the run

@@ -95,13 +95,13 @@ def _print_front(run_dir: Path, x: str = "mflops") -> None:
     from nars.search.fronts import fronts
 
     f = fronts(run_dir, x)
-    rows = [("measured", r) for r in f["measured"]] + ([("reference", f["reference"])] if f["reference"] else [])
+    rows = [("measured", r) for r in f["measured"]] + [(k, f[k]) for k in ("reference", "tuned") if f[k]]
     latency = any(r["latency_ms"] is not None for _, r in rows)
     head = f"{'pred ms':>9}{'meas ms':>9}" if latency else ""
     print(f"{'id':<14}{'segm AP':>9}{'bbox AP':>9}{'MFLOPs':>10}{head}{'params':>11}{'iters':>7}  choices")
     for kind, r in rows:
         choices = " ".join(f"{k}={v}" for k, v in r["choices"].items())
-        tag = " (FBNetV3_A_dsmask reference)" if kind == "reference" else ""
+        tag = {"reference": " (reference)", "tuned": " (tuned parent: the recipe stage's best)"}.get(kind, "")
         ms = f"{_ms(r['latency_ms']):>9}{_ms(r['measured_latency_ms']):>9}" if latency else ""
         print(f"{r['id']:<14}{_fmt(r['segm_AP']):>9}{_fmt(r['bbox_AP']):>9}{r['mflops']:>10.1f}{ms}{r['params']:>11,}"
               f"{r['iterations']:>7}  {choices}{tag}")

@@ -29,6 +29,7 @@ from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint,
 from nars.search.budget import scale_schedule, stage_iterations
 from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
+from nars.search.fronts import tuned_parent
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose, zero_shot_encoder
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
@@ -328,15 +329,6 @@ class Search:
                 out.append(Sample(c, cid, *self.space.cost(c)))
         return out[:n]
 
-    def tuned_parent(self) -> dict[str, Any] | None:
-        """After the recipe stage, its best trained trial or the reference's (ties: the
-        reference); else None."""
-        tuned = [t for t in self.store.trials(status="done") if t["stage"] in ("reference", "recipe")
-                 and METRIC in (t["metrics"] or {})]
-        if not any(t["stage"] == "recipe" for t in tuned):
-            return None
-        return max(tuned, key=lambda t: (t["metrics"][METRIC], t["stage"] == "reference"))
-
     def stage1(self) -> None:
         s1 = self.exp["stage1"]
         warm = self.store.get_meta("warm_results", [])  # earlier runs' trials (stage1.warm_start)
@@ -344,7 +336,7 @@ class Search:
             if not self.store.trials(stage="stage1", round=r):
                 history = self.store.trials(stage="stage1")
                 results = warm + measured(history)
-                best = max(results, key=lambda t: t["metrics"][METRIC], default=None) or self.tuned_parent()
+                best = max(results, key=lambda t: t["metrics"][METRIC], default=None) or tuned_parent(self.store.trials())
                 best_zero_shot = sorted(self.zero_shot(), key=lambda z: -z["segm_AP"])
                 samples = propose(
                     self.space, r, s1["trials_per_round"], constraints=self.exp["constraints"], seed=self.exp["seed"],

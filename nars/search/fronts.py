@@ -7,7 +7,7 @@ the search measured it (verified trials and the reference), else the predicted o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from nars.search.pareto import pareto_mask, plot_front
 from nars.search.store import open_run
@@ -39,9 +39,20 @@ def cost_of(row: dict[str, Any], x: str) -> float | None:
     return row["measured_latency_ms"] if row["measured_latency_ms"] is not None else row["latency_ms"]
 
 
+def tuned_parent(trials: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The tuned parent, the honest baseline a searched model must beat: the best finished trial
+    of the recipe stage and the reference (ties: the reference); None without a recipe stage."""
+    tuned = [t for t in trials if t["stage"] in ("reference", "recipe") and t["status"] == "done"
+             and "segm_AP" in (t["metrics"] or {})]
+    if not any(t["stage"] == "recipe" for t in tuned):
+        return None
+    return max(tuned, key=lambda t: (t["metrics"]["segm_AP"], t["stage"] == "reference"))
+
+
 def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     """``measured``: the non-dominated verified trials (segm AP up, cost ``x`` down);
-    ``predicted``: stage 2's front; ``reference``; ``trials``: every measured trial."""
+    ``predicted``: stage 2's front; ``reference``; ``tuned``: the tuned parent when a recipe
+    stage found a better recipe than the reference's (else None); ``trials``: every measured trial."""
     store = open_run(run_dir)
     try:
         trials = [t for t in store.trials() if t["status"] in ("done", "pruned") and t["metrics"]]
@@ -55,7 +66,10 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     keep = pareto_mask([r["segm_AP"] for r in verified], [cost_of(r, x) for r in verified]) if verified else []
     measured = sorted((r for r, k in zip(verified, keep) if k), key=lambda r: cost_of(r, x))
     reference = next((_row(t) for t in trials if t["stage"] == "reference"), None)
-    return {"measured": measured, "predicted": predicted, "reference": reference, "trials": [_row(t) for t in trials]}
+    tuned = tuned_parent(trials)
+    return {"measured": measured, "predicted": predicted, "reference": reference,
+            "tuned": _row(tuned) if tuned is not None and tuned["stage"] == "recipe" else None,
+            "trials": [_row(t) for t in trials]}
 
 
 def series(f: dict[str, Any], x: str = "mflops") -> dict[str, Any]:

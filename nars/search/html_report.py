@@ -139,6 +139,13 @@ def _fit(trials: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]]) 
                    "so only the ranking, not the scale, is comparable.")
 
 
+def _baseline(row: Mapping[str, Any] | None) -> str:
+    """A baseline's summary: id, segm AP, MFLOPs."""
+    if row is None:
+        return "-"
+    return f"{_e(row['id'])} ({_num(row['segm_AP'])} segm AP, {_num(row['mflops'], 1)} MFLOPs, {row['iterations']} iterations)"
+
+
 def _fidelity(trials: Sequence[dict[str, Any]], gate: Mapping[str, list[dict[str, Any]]], min_tau: float | None) -> str:
     """This run's own rung fidelity (``halving.rung_pairs``): Kendall's tau of each rung's AP
     against the AP the same trials reached later; and, per round, whether each rung decided
@@ -344,6 +351,8 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
 <dt>space</dt><dd>{_e(experiment.get("space", "-"))}</dd>
 <dt>trials</dt><dd>{len(trials)}: {by_status or "none yet"} ({by_stage or "-"})</dd>
 <dt>best verified</dt><dd>{_e(best["candidate_id"]) + f" ({_num(best['metrics'].get('segm_AP'))} segm AP)" if best else "-"}</dd>
+<dt>reference</dt><dd>{_baseline(f["reference"])}</dd>
+<dt>tuned parent</dt><dd>{_baseline(f["tuned"]) if f["tuned"] else "no recipe stage, or no recipe beat the reference's"}</dd>
 </dl>
 <h2>Fronts</h2>{fronts_html}
 <h2>Winner</h2>{winner_html}
