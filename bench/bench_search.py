@@ -33,6 +33,14 @@ Methods, each run once per seed with the same budget of real training trials:
 - ``local``: NARS with ``stage1.local 1``: every stage-1 trial is a neighbour of the incumbent
   (the reference's nearest feasible relatives in round 0, then stage 1's best), no predictor
   picks and no Sobol exploration; verification as NARS's.
+- ``recipe``: NARS with a recipe stage (``recipe.trials 3``): three other recipes on the
+  parent's architecture, trained like the reference before stage 1; the best of them and the
+  reference is the **tuned parent**, reported per seed (``tuned parent AP``) as the honest
+  baseline, and stage 1's first incumbent. Its budget is NARS's plus those three trials.
+- ``parent``: no search: the parent's architecture with the base recipe (the reference),
+  fine-tuned once for as many iterations as NARS trained on that seed (stage-1, verified and
+  reference trials together), its schedule stretched to fit: what the same compute buys
+  without searching. Its one trial is its "best verified" model.
 - ``tune-nevergrad``: a Ray Tune ``Tuner`` with ``NevergradSearch`` (``ng.optimizers.NGOpt``,
   budget N, num_workers = ray.max_concurrent, no predictor) over an ``ng.p.Array`` on the
   space's unit cube (``space.from_unit`` maps a point to a candidate), FIFO scheduler, told
@@ -98,6 +106,7 @@ from nars.fileio import atomic_save_png, atomic_write_text
 from nars.search.cluster import ray_session
 from nars.search.driver import Search, search
 from nars.search.experiment import load_experiment, resolve_experiment_path
+from nars.search.fronts import tuned_parent
 from nars.search.pareto import hypervolume
 from nars.search.stage1 import METRIC
 from nars.search.store import STORE_FILE, RunStore
@@ -106,8 +115,9 @@ from search_spaces.sampling import Sample
 from search_spaces.space import canonical_id
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("NARS", "random", "local", "tune-nevergrad", "tune-asha")
-SEARCHES = ("NARS", "local")  # methods that are nars searches (their own Ray session each)
+METHODS = ("NARS", "random", "local", "recipe", "parent", "tune-nevergrad", "tune-asha")
+SEARCHES = ("NARS", "local", "recipe")  # methods that are nars searches (their own Ray session each)
+EXTRA = {"NARS": [], "local": ["stage1.local", "1"], "recipe": ["recipe.trials", "3"]}  # their overrides
 QUICK = [  # a tiny budget: the whole run in about 5 minutes on 2 cores
     "stage1.rounds", "2", "stage1.trials_per_round", "2", "stage1.max_iter", "8", "stage1.eval_period", "4",
     "stage1.early_stop.grace_period", "4", "stage1.early_stop.reduction_factor", "2", "stage1.pool_size", "256",
@@ -306,13 +316,20 @@ def verify_best(job: Search, k: int, label: str) -> None:
     job.run_pending(job.store.trials(stage="verify", status="pending"), label)
 
 
-def run_baseline(method: str, source: str, overrides: list[str], seed: int, run_dir: Path, k: int) -> None:
+def run_baseline(method: str, source: str, overrides: list[str], seed: int, run_dir: Path, k: int,
+                 budget: int) -> None:
+    """``k``: the verified trials NARS had; ``budget``: the iterations NARS trained (``parent``)."""
     job = Search(experiment(source, overrides, seed), run_dir, progress=False)
     s1 = job.exp["stage1"]
     n = s1["rounds"] * s1["trials_per_round"]
     run_dir.mkdir(parents=True)
     job.store = RunStore(run_dir / STORE_FILE)
     try:
+        if method == "parent":  # the reference trains verify.max_iter iterations, whatever its recipe's own
+            job.exp["verify"]["max_iter"] = budget
+            job.add_reference()
+            job.run_pending(job.store.trials(stage="reference"), f"{method} seed {seed} ({budget} iterations)")
+            return
         if method == "random":
             job.add({"stage1": sample(job.space, n, method="uniform", seed=seed, **job.exp["constraints"])}, 0)
             job.run_pending(job.store.trials(stage="stage1"), f"{method} seed {seed} search")
@@ -340,18 +357,25 @@ def summarize(run_dir: Path, max_mflops: float) -> dict[str, Any]:
     searched = [a for a in map(_ap, by_stage["stage1"]) if a is not None]
     verified = [{"id": t["candidate_id"], "mflops": t["mflops"], "params": t["params"], "segm_AP": _ap(t),
                  "status": t["status"]} for t in by_stage["verify"]]
-    points = [v for v in verified if v["segm_AP"] is not None]
     ref = by_stage["reference"][0] if by_stage["reference"] else None
+    if ref is not None and not by_stage["stage1"] and not verified:  # the parent method: its one trial
+        verified = [{"id": ref["candidate_id"], "mflops": ref["mflops"], "params": ref["params"], "segm_AP": _ap(ref),
+                     "status": ref["status"]}]
+    points = [v for v in verified if v["segm_AP"] is not None]
+    tuned = tuned_parent(trials)
     return {
         "search_trials": len(by_stage["stage1"]),
         "verify_trials": len(by_stage["verify"]),
         "failed": sum(t["status"] == "failed" for t in trials if t["stage"] != "reference"),
         "search_iters": sum(max((h["iteration"] for h in t["history"]), default=0) for t in by_stage["stage1"]),
+        "total_iters": sum(t["reached"] or 0 for t in trials),  # every trial, every stage: the compute spent
         "best_search_ap": max(searched, default=math.nan),
         "best_verified_ap": max((v["segm_AP"] for v in points), default=math.nan),
         "hypervolume": hypervolume([v["segm_AP"] for v in points], [v["mflops"] for v in points], ref_cost=max_mflops),
         "verified": verified,
         "reference": None if ref is None else {"mflops": ref["mflops"], "segm_AP": _ap(ref)},
+        "tuned_parent": None if tuned is None else {"mflops": tuned["mflops"], "segm_AP": _ap(tuned),
+                                                    "stage": tuned["stage"], "id": tuned["candidate_id"]},
     }
 
 
@@ -376,19 +400,19 @@ def _ratio(a: float, b: float) -> str:
 
 
 def table(rows: list[dict[str, Any]], seeds: list[int], methods: tuple[str, ...]) -> str:
-    lines = [("| method | seed | trials (search + verify) | search iters | best search segm AP | best verified segm AP "
-              "| hypervolume (AP x MFLOPs) | wall s |"), "|---|---|---|---|---|---|---|---|"]
+    lines = [("| method | seed | trials (search + verify) | search iters | all iters | best search segm AP "
+              "| best verified segm AP | hypervolume (AP x MFLOPs) | wall s |"), "|---|---|---|---|---|---|---|---|---|"]
     medians: dict[str, dict[str, float]] = {}
     for method in methods:
         mine = [r for r in rows if r["method"] == method]
         for r in mine:
             lines.append(f"| {method} | {r['seed']} | {r['search_trials']} + {r['verify_trials']} | {r['search_iters']} "
-                         f"| {r['best_search_ap']:.4f} | {r['best_verified_ap']:.4f} | {r['hypervolume']:.2f} "
+                         f"| {r['total_iters']} | {r['best_search_ap']:.4f} | {r['best_verified_ap']:.4f} | {r['hypervolume']:.2f} "
                          f"| {r['wall_s']:.0f} |")
         m = {key: _median([r[key] for r in mine]) for key in
-             ("search_iters", "best_search_ap", "best_verified_ap", "hypervolume", "wall_s")}
+             ("search_iters", "total_iters", "best_search_ap", "best_verified_ap", "hypervolume", "wall_s")}
         medians[method] = m
-        lines.append(f"| **{method}** | median | | {m['search_iters']:.0f} | {m['best_search_ap']:.4f} "
+        lines.append(f"| **{method}** | median | | {m['search_iters']:.0f} | {m['total_iters']:.0f} | {m['best_search_ap']:.4f} "
                      f"| **{m['best_verified_ap']:.4f}** | **{m['hypervolume']:.2f}** | {m['wall_s']:.0f} |")
     nars = medians["NARS"]
     lines += ["", ("| method | median best verified AP / NARS's | median hypervolume / NARS's "
@@ -405,6 +429,16 @@ def table(rows: list[dict[str, Any]], seeds: list[int], methods: tuple[str, ...]
         median = _median([x["segm_AP"] for x in refs])
         lines += ["", (f"Reference FBNetV3_A_dsmask at the verify budget (NARS runs, seeds {', '.join(map(str, seeds))}): "
                        f"segm AP {aps} (median {median:.4f}), {refs[0]['mflops']:,.0f} MFLOPs.")]
+    tuned = {r["seed"]: r["tuned_parent"] for r in rows if r["method"] == "recipe" and r["tuned_parent"]}
+    if tuned:
+        nars = {r["seed"]: r["best_verified_ap"] for r in rows if r["method"] == "NARS"}
+        rows_as_method = [{"method": "tuned parent", "seed": s, "best_verified_ap": t["segm_AP"]} for s, t in tuned.items()]
+        d = paired([*rows_as_method, *[{"method": "NARS", "seed": s, "best_verified_ap": a} for s, a in nars.items()]],
+                   "tuned parent")
+        lines += ["", "Tuned parent (the recipe runs' best of the reference and 3 other recipes, verify budget): "
+                  + ", ".join(f"seed {s} {t['segm_AP']:.4f} ({t['stage']})" for s, t in sorted(tuned.items()))
+                  + f". NARS minus tuned parent: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over "
+                  f"{d['seeds']} seeds, P(NARS better) {d['p_improvement']:.2f}."]
     return "\n".join(lines)
 
 
@@ -507,6 +541,7 @@ def main() -> None:
     start = time.time()
     rows: list[dict[str, Any]] = []
     verify_k: dict[int, int] = {}
+    nars_iters: dict[int, int] = {}  # what the parent method trains: as many iterations as NARS did
     bar = tqdm(total=len(runs), desc="method x seed", unit="run", dynamic_ncols=True)
 
     def record(method: str, seed: int, run: Callable[[], None]) -> dict[str, Any]:
@@ -529,21 +564,22 @@ def main() -> None:
                    f"{row['hypervolume']:.2f}, {row['search_trials']} + {row['verify_trials']} trials, {wall:.0f} s")
         return row
 
-    extra = {"NARS": [], "local": ["stage1.local", "1"]}
     for seed in args.seeds:  # seed by seed, so that a run cut short still has whole pairs
         for method in [m for m in methods if m in SEARCHES]:  # each search opens and shuts its own Ray session
-            row = record(method, seed, partial(search, source, [*overrides, "seed", str(seed), *extra[method]],
+            row = record(method, seed, partial(search, source, [*overrides, "seed", str(seed), *EXTRA[method]],
                                                out=str(runs[method, seed]), progress=False))
             verify_k.setdefault(seed, row["verify_trials"])
+            nars_iters.setdefault(seed, row["total_iters"])
         with ray_session(exp["ray"]):
             for method in [m for m in methods if m not in SEARCHES]:
                 record(method, seed, partial(run_baseline, method, source, overrides, seed, runs[method, seed],
-                                             verify_k[seed]))
+                                             verify_k[seed], nars_iters[seed]))
     bar.close()
     wall = time.time() - start
 
     for seed in args.seeds:
-        counts = {r["method"]: (r["search_trials"], r["verify_trials"]) for r in rows if r["seed"] == seed}
+        counts = {r["method"]: (r["search_trials"], r["verify_trials"]) for r in rows
+                  if r["seed"] == seed and r["method"] != "parent"}  # parent: one trial of NARS's iterations
         assert len(set(counts.values())) == 1 and counts["NARS"][0] == n, f"unequal budgets, seed {seed}: {counts}"
     text = table(rows, args.seeds, methods)
     print(f"\n{text}\n")
