@@ -115,3 +115,20 @@ def test_results_are_coco_format():
     assert results[0]["bbox"] == [2.0, 1.0, 4.0, 3.0] and results[0]["image_id"] == 7
     assert mask_util.area(results[0]["segmentation"]) == 12 and mask_util.area(results[1]["segmentation"]) == 0
     json.dumps(results)
+
+
+def test_per_image_ap_scores_each_image_on_its_own(coco_dir):
+    """Image 1 detected perfectly, image 2's one object missed: 1 and 0, each on its own image
+    (COCOeval's accumulate over a subset of images would score image 1 for image 2)."""
+    from nars.engine.evaluator import per_image_ap
+
+    dataset = CocoInstances(coco_dir / "gt.json", coco_dir / "images")
+    evaluator = CocoEvaluator(dataset.json_path, dataset.label_to_category_id)
+    targets, outputs = _perfect_outputs(dataset)
+    evaluator.process(targets[:1], outputs[:1])
+    evaluator.process(targets[1:], [{k: v[:0] for k, v in outputs[1].items()}])
+    evaluator.evaluate()
+    for kind in ("bbox", "segm"):
+        assert evaluator.per_image(kind) == pytest.approx({1: 1.0, 2: 0.0})
+    gt = load_coco_gt(coco_dir / "gt.json")
+    assert per_image_ap(gt, evaluator.predictions(), "segm", [2, 1]) == pytest.approx({1: 1.0, 2: 0.0})

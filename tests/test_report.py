@@ -274,3 +274,32 @@ def test_the_tuned_parent_is_the_recipe_stages_best_or_the_reference():
     assert tuned_parent([ref, trial("a", "recipe", 0.25), trial("b", "recipe", 0.35),
                          trial("c", "recipe", 0.9, "failed")])["id"] == "b"
     assert tuned_parent([trial("a", "recipe", 0.30), ref])["id"] == "r"  # a tie keeps the reference's recipe
+
+
+def test_the_report_pairs_each_verified_trial_with_the_reference_image_by_image(tmp_path):
+    import json
+
+    run = _run(tmp_path, finished=True)
+    ref = {str(i): 0.5 for i in range(10)}
+    better = {str(i): 0.5 + (0.2 if i < 8 else -0.1) for i in range(10)}  # better on 8 images of 10
+    for tid, aps in (("ref-reference", ref), ("c3-verify", better)):
+        (run / "trials" / tid).mkdir(parents=True)
+        (run / "trials" / tid / "per_image.json").write_text(json.dumps({"segm_AP": aps}))
+    out = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(out)]) == 0
+    page = out.read_text()
+    section = page[page.index("image by image</h2>"):page.index("<h2>Predictor fit")]
+    assert "c3" in section and "8 / 2 of 10" in section and "+0.140" in section
+    assert "c0" not in section  # no per-image results: not compared
+
+
+def test_paired_images_compare_the_common_images():
+    from nars.search.paired import paired_images
+
+    a = {str(i): 0.1 * i for i in range(12)}
+    b = {**{str(i): 0.1 * i - 0.05 for i in range(12)}, "extra": 1.0}
+    d = paired_images(a, b)
+    assert d["images"] == 12 and d["mean"] == pytest.approx(0.05) and d["better"] == 12 and d["worse"] == 0
+    assert d["ci"][0] == pytest.approx(0.05) and d["p"] < 0.01  # every image better by the same: certain
+    assert paired_images(a, a)["p"] == 1.0 and paired_images(a, a)["mean"] == 0.0
+    assert paired_images({"1": 0.5}, {"1": 0.4}) is None  # too few images to say anything

@@ -59,7 +59,10 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run(shapes, tmp_path, monk
 
     files = sorted(p.name for p in whole.iterdir() if not p.name.startswith("events."))
     assert files == ["config.yaml", "eval.json", "last_checkpoint", "metrics.jsonl", "model_0000003.pth",
-                     "model_final.pth"]
+                     "model_final.pth", "per_image.json"]
+    val_ids = {str(a["image_id"]) for a in json.loads((shapes / "val.json").read_text())["annotations"]}
+    per_image = json.loads((whole / "per_image.json").read_text())["segm_AP"]  # the EMA copy's: what the recipe delivers
+    assert set(per_image) == val_ids and all(0.0 <= v <= 1.0 for v in per_image.values())
     assert any(p.name.startswith("events.out.tfevents") for p in whole.iterdir())
     resolved = yaml.safe_load((whole / "config.yaml").read_text())
     assert resolved["SEED"] >= 0 and resolved["SOLVER"]["MAX_ITER"] == 8 and resolved["OUTPUT_DIR"] == str(whole)
@@ -91,7 +94,8 @@ def test_resume_reaches_the_state_of_an_uninterrupted_run(shapes, tmp_path, monk
         dict(_tensors({k: b[k] for k in ("model", "ema_state", "optimizer")}))
     assert ta.keys() == tb.keys() and len(ta) > 100
     assert all(torch.equal(ta[k], tb[k]) for k in ta), [k for k in ta if not torch.equal(ta[k], tb[k])][:5]
-    assert json.loads((whole / "eval.json").read_text()) == json.loads((parts / "eval.json").read_text())
+    for name in ("eval.json", "per_image.json"):
+        assert json.loads((whole / name).read_text()) == json.loads((parts / name).read_text())
     # the resumed run's history continues the interrupted one's (losses average other windows)
     assert [r["iteration"] for r in read_metrics(parts)] == [r["iteration"] for r in read_metrics(whole)]
 

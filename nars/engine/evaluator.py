@@ -133,6 +133,25 @@ def coco_metrics(gt: COCO, results: list[dict[str, Any]], iou_type: str,
     return {name: (None if value < 0 else float(value)) for name, value in zip(METRICS, evaluator.stats[:6])}
 
 
+def per_image_ap(gt: COCO, results: list[dict[str, Any]], iou_type: str, image_ids: Iterable[int]) -> dict[int, float]:
+    """Each image's own AP (IoU .50:.95, all areas, 100 detections, over the categories it has):
+    two models scored on the same images pair up image by image, which separates them with far
+    fewer images than their two dataset APs can. Images without ground truth are left out (AP
+    undefined there). COCOeval runs per image: its ``accumulate`` mis-indexes a subset of the
+    evaluated images."""
+    evaluator = COCOeval(gt, _results_for(gt, results, iou_type), iou_type)
+    out = {}
+    for image_id in sorted(set(image_ids)):
+        evaluator.params.imgIds = [image_id]
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.evaluate()
+            evaluator.accumulate()
+        precision = evaluator.eval["precision"][:, :, :, 0, -1]  # all areas, the most detections
+        if (precision > -1).any():
+            out[image_id] = float(precision[precision > -1].mean())
+    return out
+
+
 class CocoEvaluator:
     """Collects a dataset's detections (``process``), then scores them (``evaluate``)."""
 
@@ -143,6 +162,7 @@ class CocoEvaluator:
 
     def reset(self) -> None:
         self._results: dict[int, list[dict[str, Any]]] = {}
+        self.merged: dict[int, list[dict[str, Any]]] = {}  # every process's results, on the main process
 
     def process(self, targets: list[Mapping[str, Any]], outputs: list[Mapping[str, torch.Tensor]]) -> None:
         for target, output in zip(targets, outputs):
@@ -161,7 +181,13 @@ class CocoEvaluator:
                     merged.setdefault(image_id, results)
             flat = [r for results in merged.values() for r in results]
             metrics = {t: coco_metrics(self.gt, flat, t, merged) for t in IOU_TYPES}
+            self.merged = merged
         return comm.broadcast_object(metrics)
+
+    def per_image(self, iou_type: str) -> dict[int, float]:
+        """``per_image_ap`` of the last ``evaluate``'s images (main process; {} elsewhere)."""
+        flat = [r for results in self.merged.values() for r in results]
+        return per_image_ap(self.gt, flat, iou_type, self.merged) if self.merged else {}
 
     def predictions(self) -> list[dict[str, Any]]:
         """This process's COCO results, in image order."""

@@ -58,6 +58,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 START_WEIGHTS_FILE = "start_weights.json"  # what MODEL.WEIGHTS gave the run: loaded or inherited, and how much
 EVAL_FILE = "eval.json"
+PER_IMAGE_FILE = "per_image.json"  # the final evaluation's segm AP per validation image (the delivered weights)
 LOG_PERIOD = 20
 _SHORT = {"loss_classifier": "cls", "loss_box_reg": "box", "loss_mask": "mask", "loss_objectness": "obj",
           "loss_rpn_box_reg": "rpn"}
@@ -235,7 +236,9 @@ class Trainer:
             path = self.run.checkpointer.save(name, checkpoint)
             logger.info("saved %s", path)
 
-    def evaluate(self, iteration: int) -> Metrics | None:
+    def evaluate(self, iteration: int, final: bool = False) -> Metrics | None:
+        """COCO AP of the model (and its EMA copy); ``final``: also the delivered weights' segm AP
+        per image into ``per_image.json``, so that two runs on the same images pair up."""
         run = self.run
         if run.test_set is None:
             return None
@@ -247,6 +250,9 @@ class Trainer:
             with run.ema.applied_to(self.module):
                 ema = inference_on_dataset(self.module, loader, evaluator, run.device)
             result = Evaluation(with_ema(result.metrics, ema.metrics), result.images, result.seconds)
+        if final and comm.is_main_process():  # the evaluator holds the last weights scored: the recipe's
+            per_image = {str(k): v for k, v in evaluator.per_image("segm").items()}
+            atomic_write_text(run.out_dir / PER_IMAGE_FILE, json.dumps({"segm_AP": per_image}) + "\n", "per-image AP")
         self._report(iteration, result)
         return result.metrics
 
@@ -304,7 +310,7 @@ class Trainer:
             return self.evaluate(end - 1)
         if run.start_iter < self.max_iter:
             self.save(FINAL, self.max_iter - 1)
-        metrics = self.evaluate(self.max_iter - 1)
+        metrics = self.evaluate(self.max_iter - 1, final=True)
         if metrics is not None and comm.is_main_process():
             atomic_write_text(run.out_dir / EVAL_FILE, json.dumps(metrics, indent=2) + "\n", "the final evaluation")
         comm.barrier()

@@ -23,6 +23,7 @@ from nars.fileio import atomic_write_text
 from nars.search.export import pick
 from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, series
 from nars.search.halving import MIN_PAIRS as MIN_TAU_POINTS, rung_pairs
+from nars.search.paired import paired_images, per_image
 from nars.search.pareto import plot_front
 from nars.search.store import STATUSES, open_run
 from nars.search.tensorboard_log import SUPERNET_DIR
@@ -137,6 +138,33 @@ def _fit(trials: Sequence[dict[str, Any]], predicted: Sequence[dict[str, Any]]) 
     return pairs, (f"{agreement} over {len(pairs)} verified candidates: how well stage 2's "
                    "predicted ranking held at the full budget. The predictor learnt stage 1's short-budget APs, "
                    "so only the ranking, not the scale, is comparable.")
+
+
+def _paired(run_dir: Path, trials: Sequence[dict[str, Any]]) -> str:
+    """Each verified trial (and a recipe trial that beat it) against the reference, image by
+    image (``nars.search.paired``): the same images, so the differences pair up."""
+    ref = next((t for t in trials if t["stage"] == "reference" and t["status"] == "done"), None)
+    base = None if ref is None else per_image(run_dir / "trials" / ref["id"])
+    if base is None:
+        return '<p class="muted">No reference with per-image results yet.</p>'
+    rows = []
+    for t in trials:
+        if t["stage"] not in ("verify", "recipe") or t["status"] != "done":
+            continue
+        ours = per_image(run_dir / "trials" / t["id"])
+        d = None if ours is None else paired_images(ours, base)
+        if d is not None:
+            rows.append((_e(t["candidate_id"]), _e(t["stage"]), _num(t["mflops"], 1), _num(t["metrics"].get("segm_AP")),
+                         f"{d['mean']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]", f"{d['p']:.2g}",
+                         f"{d['better']} / {d['worse']} of {d['images']}"))
+    if not rows:
+        return '<p class="muted">No verified trial with per-image results yet.</p>'
+    return (f"<p>Segm AP per validation image minus the reference's ({_e(ref['candidate_id'])}, segm AP "
+            f"{_num(ref['metrics'].get('segm_AP'))}) on the same images: the mean with its 95% bootstrap interval, "
+            "Wilcoxon's signed-rank p-value, and the images each did better on. An interval across 0 means this "
+            "validation set cannot tell the two apart.</p>"
+            + _table(("candidate", "stage", "MFLOPs", "segm AP", "per-image difference [95% CI]", "p", "better / worse"),
+                     rows, {2, 3, 5}))
 
 
 def _baseline(row: Mapping[str, Any] | None) -> str:
@@ -356,6 +384,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
 </dl>
 <h2>Fronts</h2>{fronts_html}
 <h2>Winner</h2>{winner_html}
+<h2>Against the reference, image by image</h2>{_paired(run_dir, trials)}
 <h2>Predictor fit</h2>{fit_html}
 <h2>Learning curves</h2>{curves_html}
 <h2>Rung fidelity</h2>{fidelity_html}
