@@ -34,7 +34,7 @@ Methods, each run once per seed with the same budget of real training trials:
   (the reference's nearest feasible relatives in round 0, then stage 1's best), no predictor
   picks and no Sobol exploration; verification as NARS's.
 - ``recipe``: NARS with a recipe stage (``recipe.trials 3``): three other recipes on the
-  parent's architecture, trained like the reference before stage 1; the best of them and the
+  parent's architecture (its recipe with one or two recipe parameters moved one step), trained like the reference before stage 1; the best of them and the
   reference is the **tuned parent**, reported per seed (``tuned parent AP``) as the honest
   baseline, and stage 1's first incumbent. Its budget is NARS's plus those three trials.
 - ``parent``: no search: the parent's architecture with the base recipe (the reference),

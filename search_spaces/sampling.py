@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 import numpy as np
 from scipy.stats import qmc
@@ -131,11 +131,12 @@ def _limits_of(space: SearchSpace, candidates: list[dict[str, Any]], limits: tup
     return np.max(_costs(space, candidates, limits) / np.array(limits), axis=1)
 
 
-def _moves(space: SearchSpace, codes: np.ndarray, changes: int, count: int,
-           rng: np.random.Generator) -> list[dict[str, Any]]:
+def _moves(space: SearchSpace, codes: np.ndarray, changes: int, count: int, rng: np.random.Generator,
+           only: Collection[str] | None = None) -> list[dict[str, Any]]:
     """``count`` candidates, each the code row moved in 1 to ``changes`` of its active, non-fixed
-    parameters (``Param.neighbour``)."""
-    movable = [j for j, p in enumerate(space.params) if p.unit_width and not np.isnan(codes[j])]
+    parameters (``Param.neighbour``; only those named in ``only``, when given)."""
+    movable = [j for j, p in enumerate(space.params) if p.unit_width and not np.isnan(codes[j])
+               and (only is None or p.name in only)]
     filled = np.where(np.isnan(codes), space.unit_codes(np.full((1, space.unit_dims), 0.5))[0], codes)
     rows = np.repeat(filled[None], count, axis=0)
     for row in rows:
@@ -155,12 +156,14 @@ def neighbours(
     max_params: float | None = None,
     max_latency_ms: float | None = None,
     exclude: set[str] = frozenset(),  # type: ignore[assignment]
+    only: Collection[str] | None = None,
 ) -> list[Sample]:
     """Up to ``n`` distinct candidates within the limits that differ from ``candidate`` in 1 to
     ``changes`` parameters, each moved one step: local search around an incumbent, which on
     small budgets nearly matches model-based search (White et al., "Local search is state of
     the art for NAS benchmarks"). When ``candidate`` itself is over a limit, they are its
-    nearest feasible relatives instead (``_nearest_feasible``). ``exclude``: ids never returned."""
+    nearest feasible relatives instead (``_nearest_feasible``). ``exclude``: ids never returned;
+    ``only``: the parameters that may move (e.g. the recipe's, ``SearchSpace.recipe_names``)."""
     limits = _limit_tuple(max_mflops, max_params, max_latency_ms)
     start = space.canonical(candidate)
     if _limits_of(space, [start], limits)[0] > 1:
@@ -168,7 +171,8 @@ def neighbours(
     rng, codes = np.random.default_rng(seed), space.codes([start])[0]
     out: dict[str, Sample] = {}
     for _ in range(LOCAL_DRAWS):
-        moved = [c for c in _moves(space, codes, changes, BATCH, rng) if canonical_id(c) not in exclude | {canonical_id(start)}]
+        moved = [c for c in _moves(space, codes, changes, BATCH, rng, only)
+                 if canonical_id(c) not in exclude | {canonical_id(start)}]
         for c, ratio in zip(moved, _limits_of(space, moved, limits)):
             if ratio <= 1 and len(out) < n:
                 out.setdefault(canonical_id(c), _sample(space, c))

@@ -169,6 +169,7 @@ class SearchSpace:
         arch_refs |= {r for k in COST_KEYS for r in _refs(self.config_template.get(k))}
         self.params: tuple[Param, ...] = tuple(sorted(declared, key=lambda p: p.name not in arch_refs))
         self.arch_names = frozenset(p.name for p in self.params if p.name in arch_refs)
+        self.recipe_names = frozenset(p.name for p in self.params) - self.arch_names
         self._index = {p.name: i for i, p in enumerate(self.params)}
         self._check_conditions(declared)
         widths = [p.width for p in self.params]

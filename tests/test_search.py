@@ -205,6 +205,8 @@ def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path
         assert {k: v for k, v in t["candidate"].items() if k in arch} == \
             {k: v for k, v in reference["candidate"].items() if k in arch}
         assert t["max_iter"] == reference["max_iter"] and t["status"] == "done"
+        both = set(t["candidate"]) & set(reference["candidate"])  # (a choice may switch a conditional one besides)
+        assert len([k for k in both if t["candidate"][k] != reference["candidate"][k]]) <= 2
         assert t["updated"] <= min(s["created"] for s in trials if s["stage"] == "stage1")
     best = max(parents, key=lambda t: (t["metrics"]["segm_AP"], t["stage"] == "reference"))
     tuned = best["candidate"]

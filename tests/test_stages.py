@@ -100,6 +100,18 @@ def test_local_search_moves_one_or_two_parameters_one_step_within_the_limits(set
     assert not {s.id for s in rest} & {s.id for s in near[:6]}
 
 
+def test_local_search_can_move_the_recipe_alone(setting):
+    """The recipe stage's moves: the architecture, and so the cost, stay the start's."""
+    space, _, _, _ = setting
+    start = sample(space, 1, method="uniform", seed=5)[0].candidate
+    near = neighbours(space, start, 8, seed=2, only=space.recipe_names)
+    assert len(near) == 8 and space.recipe_names and not space.recipe_names & space.arch_names
+    for s in near:
+        moved = _changed(start, s.candidate)
+        assert moved and moved <= space.recipe_names, moved
+        assert (s.mflops, s.params) == space.cost(start)
+
+
 def test_a_parent_above_the_limits_gives_its_nearest_feasible_relatives(setting):
     """The reference (1,231 MFLOPs here) under a 600 MFLOPs limit: the descents reach the limit by
     changing a few parameters, far fewer than a feasible random draw differs from it in."""

@@ -43,9 +43,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # max_latency_ms: the predicted inference latency on this machine's CPU (the search first
     # measures latency.samples candidates to fit the predictor: predictor.latency)
     "constraints": {"max_mflops": None, "max_params": None, "max_latency_ms": None},
-    # the recipe stage (optional; 0: none): before stage 1, this many other recipes (Sobol draws
-    # of the space's recipe part) on the reference's architecture, each trained like the
-    # reference; the best of them and the reference is the tuned parent, stage 1's first incumbent
+    # the recipe stage (optional; 0: none): before stage 1, this many other recipes (the
+    # reference's with one or two recipe parameters moved one step) on the reference's
+    # architecture, each trained like the reference; the best of them and the reference is the
+    # tuned parent, stage 1's first incumbent
     "recipe": {"trials": 0},
     "stage1": {
         "rounds": 2,
