@@ -55,7 +55,7 @@ def _statuses(run: Path) -> dict[str, str]:
 def searched(tmp_path_factory):
     """A search killed (SIGKILL) in stage 1 once a trial has finished, then resumed."""
     tmp = tmp_path_factory.mktemp("search")
-    exp = _experiment(tmp)
+    exp = _experiment(tmp, **{"verify.rescore": 1})
     run = tmp / "run"
     proc = subprocess.Popen([*NARS, "search", str(exp), "--out", str(run)], cwd=tmp, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -95,7 +95,40 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(searched):
     assert sorted((t["round"]) for t in stage1) == [0, 0, 1, 1]  # 2 rounds of 2, none duplicated
     assert len({t["candidate_id"] for t in stage1}) == 4
     assert all(t["status"] in ("done", "pruned", "failed") for t in trials)
-    assert {t["stage"] for t in trials} == {"stage1", "verify", "reference"}
+    assert {t["stage"] for t in trials} == {"stage1", "verify", "reference", "rescore"}
+
+
+def test_re_scoring_trains_every_finalist_again_with_the_next_seed(searched):
+    """verify.rescore 1: the verified candidate and the reference, once more with seed + 1."""
+    store = RunStore(searched["run"] / "nars.sqlite")
+    trials = store.trials()
+    store.close()
+    finalists = {t["candidate_id"] for t in trials if t["stage"] in ("verify", "reference") and t["status"] == "done"}
+    rescored = [t for t in trials if t["stage"] == "rescore"]
+    assert {t["candidate_id"] for t in rescored} == finalists and {t["round"] for t in rescored} == {1}
+    for t in rescored:
+        assert t["status"] == "done"
+        seed = yaml.safe_load((searched["run"] / "trials" / t["id"] / "config.yaml").read_text())["SEED"]
+        first = next(f for f in trials if f["candidate_id"] == t["candidate_id"] and f["stage"] in ("verify", "reference"))
+        assert seed == 1 and yaml.safe_load((searched["run"] / "trials" / first["id"] / "config.yaml").read_text())["SEED"] == 0
+        assert t["max_iter"] == first["max_iter"]
+
+
+def test_the_winner_is_the_best_mean_over_re_scored_seeds():
+    from nars.search.export import pick
+    from nars.search.fronts import seed_means
+
+    def trial(cid: str, stage: str, ap: float, round_index: int = 0, status: str = "done") -> dict:
+        return {"id": f"{cid}-{stage}-{round_index}", "candidate_id": cid, "stage": stage, "round": round_index,
+                "status": status, "metrics": {"segm_AP": ap}, "mflops": 100.0}
+
+    trials = [trial("a", "verify", 0.40), trial("b", "verify", 0.38), trial("r", "reference", 0.39),
+              trial("a", "rescore", 0.30, 1), trial("b", "rescore", 0.37, 1), trial("r", "rescore", 0.41, 1),
+              trial("b", "rescore", 0.90, 2, "failed"), trial("a", "stage1", 0.99)]
+    assert {k: (round(ap, 9), n) for k, (ap, n) in seed_means(trials).items()} == {"a": (0.35, 2), "b": (0.375, 2),
+                                                                                 "r": (0.4, 2)}
+    assert pick(trials, None, None)["id"] == "b-verify-0"  # the better mean, though a's first seed was higher
+    assert pick(trials[:3], None, None)["id"] == "a-verify-0"  # without re-scoring, the one seed decides
 
 
 def test_the_reference_is_stored_first_and_trained_within_stage_1s_first_rung(searched):

@@ -102,6 +102,7 @@ def _print_front(run_dir: Path, x: str = "mflops") -> None:
     for kind, r in rows:
         choices = " ".join(f"{k}={v}" for k, v in r["choices"].items())
         tag = {"reference": " (reference)", "tuned": " (tuned parent: the recipe stage's best)"}.get(kind, "")
+        tag += f" (segm AP: mean of {r['seeds']} seeds)" if r["seeds"] > 1 else ""
         ms = f"{_ms(r['latency_ms']):>9}{_ms(r['measured_latency_ms']):>9}" if latency else ""
         print(f"{r['id']:<14}{_fmt(r['segm_AP']):>9}{_fmt(r['bbox_AP']):>9}{r['mflops']:>10.1f}{ms}{r['params']:>11,}"
               f"{r['iterations']:>7}  {choices}{tag}")

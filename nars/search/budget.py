@@ -9,11 +9,12 @@ def stage_iterations(recipe_iters: int, stage: str, stage1_iters: int, verify_it
     """A candidate's SOLVER.MAX_ITER (its recipe's budget) capped at ``verify_iters``:
     verification trains that in full, stage 1 a compressed copy of the same schedule
     (``stage1_iters / verify_iters`` of it), and the reference and the recipe stage's trials
-    (the parent's architecture with other recipes: the tuned parent) get ``verify_iters``."""
+    (the parent's architecture with other recipes: the tuned parent) get ``verify_iters``;
+    re-scoring (another seed of a finalist) trains as the finalist did."""
     full = min(recipe_iters, verify_iters)
     if stage == "stage1":
         return max(1, round(full * stage1_iters / verify_iters))
-    return verify_iters if stage in ("reference", "recipe") else full
+    return verify_iters if stage in ("reference", "recipe") else full  # verify, rescore
 
 
 def scale_schedule(cfg: Mapping[str, Any], max_iter: int) -> None:

@@ -29,7 +29,7 @@ from nars.model.weights import FINAL_WEIGHTS, checkpoint_arch, named_checkpoint,
 from nars.search.budget import scale_schedule, stage_iterations
 from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
-from nars.search.fronts import tuned_parent
+from nars.search.fronts import seed_offset, tuned_parent
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose, zero_shot_encoder
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
@@ -190,10 +190,12 @@ class Search:
         records = evaluate_archs(net_dir, archs, progress=self.progress, net=net)
         self.store.set_meta("zero_shot", records)
 
-    def trial_config(self, candidate: Mapping[str, Any], stage: str) -> dict[str, Any]:
-        """The candidate's complete config at the stage's budget (``budget.stage_iterations``)."""
+    def trial_config(self, candidate: Mapping[str, Any], stage: str, seed_offset: int = 0) -> dict[str, Any]:
+        """The candidate's complete config at the stage's budget (``budget.stage_iterations``),
+        trained with the run's seed plus ``seed_offset`` (re-scoring's other seeds)."""
         v, s1 = self.exp["verify"], self.exp["stage1"]
         cfg = self.space.to_config(candidate, base=self.base)
+        cfg["SEED"] = self.base["SEED"] + seed_offset
         for key, value in self.exp["config"].items():  # pinned for every trial, over the candidate's values
             set_key(cfg, key, value, f"{self.exp['source']}: config")
         if stage == "stage1" and s1["fidelity"] == "supernet":  # the recipe search starts from the supernet
@@ -213,7 +215,7 @@ class Search:
         best = max([t["metrics"].get(METRIC, 0.0) for t in measured(self.store.trials())] + [0.0])
         specs = []
         for t, stop_here in [(t, None) for t in to_end] + [(t, stop_at) for t in trials]:  # the longest first
-            cfg = self.trial_config(t["candidate"], t["stage"])
+            cfg = self.trial_config(t["candidate"], t["stage"], seed_offset(t))
             stop = cfg["SOLVER"]["MAX_ITER"] if stop_here is None else min(stop_here, cfg["SOLVER"]["MAX_ITER"])
             specs.append(TrialSpec(t["id"], cfg, str(self.run_dir / "trials" / t["id"]), stop, t["checkpoint"]))
         run_trials(self.store, specs, label=label, storage_path=storage_path(ray, self.run_dir),
@@ -368,6 +370,21 @@ class Search:
             self.add({"verify": _picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key)}, 0)
         self.run_pending(self.store.trials(stage="verify", status="pending"), "verification")
 
+    def rescore(self) -> None:
+        """``verify.rescore`` more seeds of every finalist (the verified candidates, the reference,
+        the tuned parent), round j training each with the run's seed + j: one seed's AP moves by
+        about 0.005 from seed to seed, as much as finalists often differ. The winner is then the
+        best mean (``fronts.seed_means``). Each round is stored before any trains."""
+        finalists = [t for t in self.store.trials(status="done") if t["stage"] in ("verify", "reference")]
+        tuned = tuned_parent(self.store.trials())
+        finalists += [tuned] if tuned is not None and tuned["stage"] == "recipe" else []
+        samples = list({t["candidate_id"]: Sample(t["candidate"], t["candidate_id"], t["mflops"], t["params"],
+                                                  t["latency_ms"]) for t in finalists}.values())
+        for j in range(1, self.exp["verify"]["rescore"] + 1):
+            if samples and not self.store.trials(stage="rescore", round=j):
+                self.add({"rescore": samples}, j)
+        self.run_pending(self.store.trials(stage="rescore", status="pending"), "re-scoring")
+
     def measure_verified(self) -> None:
         """The measured latency of every verified trial (and the reference) not measured yet,
         timed together once no trial trains, as the predictor's measurements were."""
@@ -409,6 +426,10 @@ class Search:
         self.store.set_meta("state", "verify")
         self.verify(front)
         self._complete("verify")
+        if self.exp["verify"]["rescore"]:
+            self.store.set_meta("state", "rescore")
+            self.rescore()
+            self._complete("rescore")
         if self.space.latency_model is not None:
             self.store.set_meta("state", "latency")
             self.measure_verified()

@@ -87,7 +87,9 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # the latency predictor (when constraints.max_latency_ms is set or stage2.objective is
     # latency): candidates measured per search (added to the machine's cache), threads timed with
     "latency": {"samples": 24, "threads": 2},
-    "verify": {"top_k": 2, "max_iter": 600, "reference": "FBNetV3_A_dsmask"},
+    # rescore: extra seeds (the run's seed + 1, + 2, ...) each verified candidate, the reference and
+    # the tuned parent train with before the winner is chosen by its mean segm AP over seeds
+    "verify": {"top_k": 2, "max_iter": 600, "reference": "FBNetV3_A_dsmask", "rescore": 0},
     "ray": {
         "address": "",
         "num_cpus": 2,
@@ -125,7 +127,7 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
         raise UserError(f"{path}: dataset needs either shapes.out (generated data) or train and val files, not both")
     if has_files and not all(data[s][k] for s in ("train", "val") for k in ("json", "images")):
         raise UserError(f"{path}: dataset.train and dataset.val each need json and images")
-    for key, minimum in (("recipe.trials", 0), ("stage1.rounds", 1), ("stage1.trials_per_round", 1), ("stage1.max_iter", 1),
+    for key, minimum in (("recipe.trials", 0), ("verify.rescore", 0), ("stage1.rounds", 1), ("stage1.trials_per_round", 1), ("stage1.max_iter", 1),
                          ("verify.top_k", 1), ("verify.max_iter", 1), ("ray.max_concurrent", 1), ("ray.max_failures", 0)):
         section, name = key.split(".")
         if exp[section][name] < minimum:

@@ -18,7 +18,7 @@ from nars.config import dump, load_config
 from nars.errors import UserError
 from nars.fileio import atomic_write_text, make_dirs, staged_folder
 from nars.model.weights import FINAL_WEIGHTS
-from nars.search.fronts import fronts
+from nars.search.fronts import fronts, seed_means
 from nars.search.pareto import pareto_mask
 from nars.search.store import STORE_FILE, open_run
 
@@ -36,7 +36,8 @@ FAMILY_COLUMNS = (
 
 
 def pick(trials: list[dict[str, Any]], trial_id: str | None, max_mflops: float | None) -> dict[str, Any]:
-    """By id (candidate or trial id), else the best measured segm AP within ``max_mflops``."""
+    """By id (candidate or trial id), else the verified trial of the best segm AP within
+    ``max_mflops``: the mean over seeds where re-scoring trained more (``seed_means``)."""
     if trial_id is not None:
         found = [t for t in trials if trial_id in (t["id"], t["candidate_id"])]
         found.sort(key=lambda t: t["stage"] != "verify")  # a candidate's verified trial first
@@ -48,7 +49,8 @@ def pick(trials: list[dict[str, Any]], trial_id: str | None, max_mflops: float |
     if not verified:
         raise UserError("no verified trial" + (f" with MFLOPs <= {max_mflops:g}" if max_mflops is not None else "")
                         + " in this run yet")
-    return max(verified, key=lambda t: t["metrics"].get("segm_AP", 0.0))
+    means = seed_means(trials)
+    return max(verified, key=lambda t: means.get(t["candidate_id"], (t["metrics"].get("segm_AP", 0.0), 1))[0])
 
 
 def front_members(run_dir: Path, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,11 +18,14 @@ SHOWN = ("t4.c", "box.c", "mask.c", "norm", "optimizer", "lr", "max_iter")
 X_AXES = {"mflops": "MFLOPs", "latency": "latency (ms)"}
 
 
-def _row(trial: dict[str, Any]) -> dict[str, Any]:
+def _row(trial: dict[str, Any], means: dict[str, tuple[float, int]] | None = None) -> dict[str, Any]:
+    """A trial as a table row; a finalist's segm AP is its mean over seeds (``seed_means``)."""
     m = trial["metrics"] or {}
+    mean, seeds = (means or {}).get(trial["candidate_id"], (m.get("segm_AP"), 1)) \
+        if trial["stage"] in FINALIST_STAGES else (m.get("segm_AP"), 1)
     return {
         "id": trial["candidate_id"], "trial": trial["id"], "stage": trial["stage"],
-        "segm_AP": m.get("segm_AP"), "bbox_AP": m.get("bbox_AP"),
+        "segm_AP": mean, "seeds": seeds, "bbox_AP": m.get("bbox_AP"),
         "mflops": trial["mflops"], "params": trial["params"],
         "latency_ms": trial["latency_ms"], "measured_latency_ms": trial["measured_latency_ms"],
         "iterations": trial["max_iter"],
@@ -37,6 +40,24 @@ def cost_of(row: dict[str, Any], x: str) -> float | None:
     if x == "mflops":
         return row["mflops"]
     return row["measured_latency_ms"] if row["measured_latency_ms"] is not None else row["latency_ms"]
+
+
+FINALIST_STAGES = ("verify", "reference", "recipe")  # trained at the verify budget with the run's seed
+
+
+def seed_offset(trial: dict[str, Any]) -> int:
+    """What a trial adds to the run's seed: re-scoring round j trains every finalist with seed + j."""
+    return trial["round"] if trial["stage"] == "rescore" else 0
+
+
+def seed_means(trials: Sequence[dict[str, Any]]) -> dict[str, tuple[float, int]]:
+    """Each finalist candidate's (mean segm AP, seeds) over its verify-budget trials: the run's
+    seed (verified, reference or recipe trial) and re-scoring's (``verify.rescore``), one per seed."""
+    by_seed: dict[str, dict[int, float]] = {}
+    for t in trials:
+        if t["stage"] in (*FINALIST_STAGES, "rescore") and t["status"] == "done" and "segm_AP" in (t["metrics"] or {}):
+            by_seed.setdefault(t["candidate_id"], {}).setdefault(seed_offset(t), t["metrics"]["segm_AP"])
+    return {cid: (sum(aps.values()) / len(aps), len(aps)) for cid, aps in by_seed.items()}
 
 
 def tuned_parent(trials: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -59,16 +80,17 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
         predicted = store.get_meta("stage2_front") or []
     finally:
         store.close()
-    verified = [r for r in map(_row, trials) if r["stage"] == "verify" and cost_of(r, x) is not None]
+    means = seed_means(trials)
+    verified = [r for r in (_row(t, means) for t in trials) if r["stage"] == "verify" and cost_of(r, x) is not None]
     if x == "latency" and not verified and trials:
         raise UserError(f"{run_dir}: the run has no latencies (it set neither constraints.max_latency_ms "
                         "nor stage2.objective latency)")
     keep = pareto_mask([r["segm_AP"] for r in verified], [cost_of(r, x) for r in verified]) if verified else []
     measured = sorted((r for r, k in zip(verified, keep) if k), key=lambda r: cost_of(r, x))
-    reference = next((_row(t) for t in trials if t["stage"] == "reference"), None)
+    reference = next((_row(t, means) for t in trials if t["stage"] == "reference"), None)
     tuned = tuned_parent(trials)
     return {"measured": measured, "predicted": predicted, "reference": reference,
-            "tuned": _row(tuned) if tuned is not None and tuned["stage"] == "recipe" else None,
+            "tuned": _row(tuned, means) if tuned is not None and tuned["stage"] == "recipe" else None,
             "trials": [_row(t) for t in trials]}
 
 

@@ -21,7 +21,7 @@ from nars.engine.events import read_metrics
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.search.export import pick
-from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, series
+from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, seed_means, series
 from nars.search.halving import MIN_PAIRS as MIN_TAU_POINTS, rung_pairs
 from nars.search.paired import paired_images, per_image
 from nars.search.pareto import plot_front
@@ -171,7 +171,9 @@ def _baseline(row: Mapping[str, Any] | None) -> str:
     """A baseline's summary: id, segm AP, MFLOPs."""
     if row is None:
         return "-"
-    return f"{_e(row['id'])} ({_num(row['segm_AP'])} segm AP, {_num(row['mflops'], 1)} MFLOPs, {row['iterations']} iterations)"
+    seeds = f", mean of {row['seeds']} seeds" if row["seeds"] > 1 else ""
+    return (f"{_e(row['id'])} ({_num(row['segm_AP'])} segm AP{seeds}, {_num(row['mflops'], 1)} MFLOPs, "
+            f"{row['iterations']} iterations)")
 
 
 def _fidelity(trials: Sequence[dict[str, Any]], gate: Mapping[str, list[dict[str, Any]]], min_tau: float | None) -> str:
@@ -310,12 +312,14 @@ def _winner(run_dir: Path, trials: list[dict[str, Any]]) -> tuple[dict[str, Any]
     except UserError:
         return None, '<p class="muted">No verified trial has finished yet.</p>'
     m = best["metrics"]
+    mean, n = seed_means(trials).get(best["candidate_id"], (None, 1))
+    seeds = f" (mean over {n} seeds: {_num(mean)})" if n > 1 else ""
     choices = "".join(f"<div>{_e(k)} = {_e(v)}</div>" for k, v in sorted(best["candidate"].items()))
     config = Path(run_dir) / "trials" / best["id"] / "config.yaml"
     yaml = (f"<details><summary>its training config ({_e(config)})</summary><pre>{_e(config.read_text())}</pre></details>"
             if config.is_file() else "")
     return best, (
-        f"<p><b>{_e(best['candidate_id'])}</b> (trial {_e(best['id'])}): segm AP {_num(m.get('segm_AP'))}, "
+        f"<p><b>{_e(best['candidate_id'])}</b> (trial {_e(best['id'])}): segm AP {_num(m.get('segm_AP'))}{seeds}, "
         f"bbox AP {_num(m.get('bbox_AP'))}, {_num(best['mflops'], 1)} MFLOPs, {best['params']:,} params, "
         f"{best['max_iter']} iterations: the best verified segm AP, as <code>nars export {_e(run_dir)} --best "
         f"--out DIR</code> takes it.</p><div class=choices>{choices}</div>{yaml}")
