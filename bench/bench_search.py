@@ -346,6 +346,21 @@ def _ap(trial: Mapping[str, Any]) -> float | None:
     return (trial["metrics"] or {}).get(METRIC) if trial["status"] in ("done", "pruned") else None
 
 
+def anytime(trials: list[dict[str, Any]], parent_only: bool = False) -> list[tuple[int, float]]:
+    """(iterations trained so far, best verified segm AP so far) as the run's trials ended, in
+    the order they ended: every trial's iterations count, only verified models (the parent
+    method's one trial) score, since a stage-1 AP is on a shorter budget."""
+    scored = ("reference",) if parent_only else ("verify",)
+    spent, best, curve = 0, math.nan, []
+    for t in sorted((t for t in trials if t["status"] in ("done", "pruned", "failed")), key=lambda t: t["updated"]):
+        spent += t["reached"] or 0
+        ap = _ap(t) if t["stage"] in scored else None
+        if ap is not None:
+            best = ap if math.isnan(best) else max(best, ap)
+        curve.append((spent, best))
+    return curve
+
+
 def summarize(run_dir: Path, max_mflops: float) -> dict[str, Any]:
     """One (method, seed) run's figures, read back from its store."""
     store = RunStore(run_dir / STORE_FILE)
@@ -364,6 +379,7 @@ def summarize(run_dir: Path, max_mflops: float) -> dict[str, Any]:
     points = [v for v in verified if v["segm_AP"] is not None]
     tuned = tuned_parent(trials)
     return {
+        "anytime": anytime(trials, parent_only=ref is not None and not by_stage["stage1"] and not by_stage["verify"]),
         "search_trials": len(by_stage["stage1"]),
         "verify_trials": len(by_stage["verify"]),
         "failed": sum(t["status"] == "failed" for t in trials if t["stage"] != "reference"),
@@ -470,14 +486,15 @@ def paired_table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
 
 
 def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float, methods: tuple[str, ...]) -> None:
-    """Left: best verified segm AP per method (seeds as points, median as a bar). Right: every
-    verified point in (MFLOPs, segm AP); the reference FBNetV3_A_dsmask as a dashed line."""
+    """Left: best verified segm AP per method (seeds as points, median as a bar). Middle: every
+    verified point in (MFLOPs, segm AP); the reference FBNetV3_A_dsmask as a dashed line. Right:
+    anytime curves, the best verified segm AP against the iterations trained so far."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
+    fig, (left, right, when) = plt.subplots(1, 3, figsize=(16, 4.5), dpi=120)
     colours = {m: f"C{i}" for i, m in enumerate(methods)}
     refs = [r["reference"]["segm_AP"] for r in rows if r["method"] == "NARS" and r["reference"]
             and r["reference"]["segm_AP"] is not None]
@@ -503,6 +520,17 @@ def plot(path: Path, rows: list[dict[str, Any]], max_mflops: float, methods: tup
     right.axvline(max_mflops, color="grey", ls=":", lw=1, label=f"max_mflops {max_mflops:g}")
     right.set(xlabel="MFLOPs", ylabel="verified segm AP", title="verified models (hypervolume: AP x MFLOPs)")
     right.legend(fontsize=7)
+    for r in rows:  # anytime: best verified AP against the iterations spent so far, one line per seed
+        curve = [(x, y) for x, y in r.get("anytime", []) if not math.isnan(y)]
+        if curve:
+            when.step(*zip(*curve), where="post", color=colours[r["method"]], alpha=0.7,
+                      label=r["method"] if r is next(q for q in rows if q["method"] == r["method"]) else None)
+    if refs:
+        when.axhline(_median(refs), color="crimson", ls="--", lw=1)
+    when.set(xlabel="iterations trained (all trials)", ylabel="best verified segm AP so far",
+             title="anytime: best verified model against compute")
+    when.grid(alpha=0.3)
+    when.legend(fontsize=7)
     atomic_save_png(path, fig)
 
 
