@@ -3,9 +3,15 @@
 Python turns SIGINT into KeyboardInterrupt, but SIGTERM kills a process without running its
 ``finally`` blocks, and libraries replace both handlers: Ray Tune catches SIGINT and returns
 normally from ``fit`` (a search then carried on with a partial stage), ``ray.init`` makes
-SIGTERM a ``sys.exit``. ``install`` sets both signals to raise ``Interrupted`` (a
-KeyboardInterrupt, which no ``except Exception`` swallows); the CLI runs every command
-``raising``, and the Ray session installs them again after ``ray.init``.
+SIGTERM a ``sys.exit``. ``raising`` sets both signals to raise ``Interrupted`` (a
+KeyboardInterrupt, which no ``except Exception`` swallows); the CLI runs every command in it.
+
+A handler's exception is lost where Python ignores exceptions: a signal that lands in an
+at-fork hook (DataLoader workers), a finalizer or a weakref callback prints "Exception
+ignored" and the command carried on. ``check`` raises it again; the long loops (training
+iterations, Tune's event loop) call it. ``deferred`` holds signals back from library code
+that must not be stopped half-way: a Ctrl-C inside ``ray.init`` was lost in its at-fork
+hooks, and the half-started core worker it left crashed the interpreter at exit (SIGSEGV).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import contextlib
 import signal
 import threading
 from types import FrameType
-from typing import Iterator
+from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,24 +57,46 @@ def stopped(e: KeyboardInterrupt, resume: str = "") -> Interrupted:
     return Interrupted(signum, resume)
 
 
-def install() -> None:
-    """SIGINT and SIGTERM raise ``Interrupted`` in the main thread (elsewhere: left as they are)."""
-    if threading.current_thread() is threading.main_thread():
-        for s in SIGNALS:
-            signal.signal(s, _raise)
+def check() -> None:
+    """Raise ``Interrupted`` if a signal arrived whose exception was swallowed on its way."""
+    if _received:
+        raise Interrupted(_received[-1])
+
+
+def _record(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
 
 
 @contextlib.contextmanager
-def raising() -> Iterator[None]:
-    """``install`` for the block; the handlers before it come back after (a command run
-    in-process, as the tests do, leaves its caller's handlers as they were)."""
+def _handled_by(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """Both signals go to ``handler`` in the block (in the main thread; elsewhere Python allows
+    no handlers); the handlers before it come back after it, whatever the block installed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     before = {s: signal.getsignal(s) for s in SIGNALS}
-    install()
+    for s in SIGNALS:
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        for s, handler in before.items():
-            signal.signal(s, handler)
+        for s, old in before.items():
+            if old is not None:
+                signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def raising() -> Iterator[None]:
+    """SIGINT and SIGTERM raise ``Interrupted`` in the block (a command run in-process, as the
+    tests do, leaves its caller's handlers as they were)."""
+    _received.clear()  # an earlier in-process command's signals are not this one's
+    with _handled_by(_raise):
+        yield
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM are only recorded in the block, and raised (``check``) after it."""
+    with _handled_by(_record):
+        yield
+    check()

@@ -49,6 +49,7 @@ from nars.engine.events import EventWriter
 from nars.engine.loading import load_resume_state, load_start_weights
 from nars.engine.solver import GradientClipper, WarmupLR, build_gradient_clipper, build_lr_scheduler, build_optimizer
 from nars.errors import UserError
+from nars.interrupts import check
 from nars.fileio import atomic_write_text, make_dirs
 from nars.model.fbnetv3is import FBNetV3IS, build_model
 from nars.model.weights import read_checkpoint
@@ -291,6 +292,7 @@ class Trainer:
         self.model.train()
         try:
             for it in range(run.start_iter, end):
+                check()  # a signal that landed in a DataLoader worker's fork hooks
                 window.append(self.step(it, data))
                 bar.update()
                 bar.set_postfix_str(_postfix(window[-1]), refresh=False)

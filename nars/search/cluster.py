@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Mapping
 
 from nars.errors import UserError
+from nars.interrupts import deferred
 
 
 def check_reachable(address: str) -> None:
@@ -56,17 +55,15 @@ class ray_session:
             temp = Path(tempfile.gettempdir()) / f"nars-ray-{os.getpid()}"  # unix socket paths must stay short
             # trials exchange little data: a small object store keeps a laptop's memory for training
             kwargs.update(num_cpus=self.cfg["num_cpus"], _temp_dir=str(temp), object_store_memory=200 * 2**20)
-        main = threading.current_thread() is threading.main_thread()
-        handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         try:
-            ray.init(address=address, **kwargs)
+            with deferred():  # ray.init also makes SIGTERM a sys.exit: nars.interrupts' handlers come back after it
+                ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UserError(f"ray.address {address or 'local'}: cannot connect ({first})") from None
-        finally:  # ray.init makes SIGTERM a sys.exit: the caller's handlers (nars.interrupts) come back
-            for s, handler in handlers.items():
-                if handler is not None:
-                    signal.signal(s, handler)
+        except KeyboardInterrupt:  # a signal during the start: Ray is up, and goes down before the command stops
+            ray.shutdown()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -29,6 +29,7 @@ from ray.tune import Callback
 from tqdm import tqdm
 
 from nars.engine.trainer import START_WEIGHTS_FILE
+from nars.interrupts import check
 from nars.search.store import RunStore
 from nars.search.tensorboard_log import log_trial
 
@@ -130,6 +131,9 @@ class StoreCallback(Callback):
     def __getstate__(self) -> dict[str, Any]:
         """Tune pickles its callbacks into its experiment state; the live handles stay behind."""
         return {k: v for k, v in self.__dict__.items() if k not in ("store", "bar")}
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        check()  # each turn of Tune's event loop: a swallowed Ctrl-C still stops the search
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._start(trial)

@@ -52,6 +52,7 @@ from nars.engine.evaluator import check_classes
 from nars.engine.loading import load_start_weights
 from nars.engine.solver import build_gradient_clipper, build_lr_scheduler, build_optimizer
 from nars.errors import UserError
+from nars.interrupts import check
 from nars.fileio import atomic_write_text, make_dirs
 from nars.model.cost import config_cost
 from nars.model.elastic import ElasticFBNetV3IS
@@ -259,6 +260,7 @@ class SupernetTrainer:
         self.supernet.train()
         try:
             for it in range(self.start_iter, self.max_iter):
+                check()  # a signal that landed in a DataLoader worker's fork hooks
                 window.append(self.step(it, data))
                 bar.update()
                 bar.set_postfix_str(f"loss {window[-1]['loss']:.3f} largest {window[-1]['loss_largest']:.3f} "
