@@ -108,7 +108,7 @@ from nars.search.driver import Search, search
 from nars.search.experiment import load_experiment, resolve_experiment_path
 from nars.search.fronts import tuned_parent
 from nars.search.pareto import hypervolume
-from nars.search.stage1 import METRIC
+from nars.search.stage1 import METRIC, as_sample
 from nars.search.store import STORE_FILE, RunStore
 from search_spaces import SearchSpace, sample
 from search_spaces.sampling import Sample
@@ -311,7 +311,7 @@ def verify_best(job: Search, k: int, label: str) -> None:
     picks: dict[str, Sample] = {}
     for t in ranked:
         if len(picks) < k and t["candidate_id"] not in picks:
-            picks[t["candidate_id"]] = Sample(t["candidate"], t["candidate_id"], t["mflops"], t["params"])
+            picks[t["candidate_id"]] = as_sample(t)
     job.add({"verify": list(picks.values())}, 0)
     job.run_pending(job.store.trials(stage="verify", status="pending"), label)
 

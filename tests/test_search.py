@@ -24,6 +24,7 @@ from nars.cli import main
 from nars.search.driver import Search, _picks
 from nars.search.experiment import load_experiment
 from nars.search.pareto import hypervolume, pareto_mask
+from nars.search.stage1 import by_measurement
 from nars.search.store import RunStore, load_run
 from search_spaces import sample
 from search_spaces.sampling import Sample
@@ -160,6 +161,22 @@ def test_a_rung_decides_only_once_earlier_rounds_measured_its_fidelity(searched)
     out = searched["tmp"] / "report.html"
     assert main(["report", str(searched["run"]), "--out", str(out)]) == 0
     assert "trained through" in out.read_text() and "stage1.early_stop.min_tau" in out.read_text()
+
+
+def test_verification_trains_the_predictors_front_only_when_the_stored_gate_trusts_it(searched):
+    """tiny_search keeps the default verify.min_tau (0.8): the gate, judged on stage 1's 4
+    results, is stored; what verification trained follows it, and the report says why."""
+    store = RunStore(searched["run"] / "nars.sqlite")
+    trials, gate, front = store.trials(), store.get_meta("verify_gate"), store.get_meta("stage2_front")
+    store.close()
+    assert gate["results"] == 4 and gate["min_tau"] == 0.8
+    assert gate["trusted"] == (gate["tau"] is not None and gate["tau"] >= 0.8)
+    verified = [t["candidate_id"] for t in trials if t["stage"] == "verify"]
+    expected = front[0]["id"] if gate["trusted"] else by_measurement([t for t in trials if t["stage"] == "stage1"])[0].id
+    assert verified == [expected]
+    out = searched["tmp"] / "report-verify.html"
+    assert main(["report", str(searched["run"]), "--out", str(out)]) == 0
+    assert "verify.min_tau 0.8" in out.read_text()
 
 
 def test_failed_trial_is_recorded_and_the_search_goes_on(tmp_path, capsys):
@@ -341,6 +358,7 @@ def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, cap
         ({"constraints": {"max_latency_ms": "fast"}}, "constraints.max_latency_ms expects number or NoneType"),
         ({"stage1": {"early_stop": {"grace_period": 5, "reduction_factor": 2, "min_tau": 1.5}}},
          "stage1.early_stop.min_tau must be in [-1, 1] (a Kendall tau) or null, got 1.5"),
+        ({"verify": {"min_tau": -2}}, "verify.min_tau must be in [-1, 1] (a Kendall tau) or null, got -2"),
         ({"stage2": {"objective": "speed"}}, "stage2.objective must be one of mflops, latency, got 'speed'"),
         ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
                       "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),

@@ -11,7 +11,7 @@ import pytest
 
 from nars.config import load_config
 from nars.search.evolution import evolve
-from nars.search.stage1 import fit_predictor, pretrained_encoder, propose
+from nars.search.stage1 import by_measurement, fit_predictor, predictor_gate, pretrained_encoder, propose
 from search_spaces import load_space, sample
 from search_spaces.params import FLOAT_STEP
 from search_spaces.sampling import neighbours
@@ -70,6 +70,34 @@ def test_propose_draws_sobol_first_then_the_predictors_best_and_most_uncertain(s
     best = [pool[i].id for i in np.argsort(-mean, kind="stable")[:2]]
     assert [s.id for s in later[:2]] == best  # half exploit: the best predicted of the pool
     assert [s.id for s in propose(space, 1, 4, results=results, tried=tried, **common)] == [s.id for s in later]
+
+
+def test_verification_trusts_the_predictor_only_where_it_ranks_trials_it_was_not_fitted_on(setting):
+    """``predictor_gate``: out-of-fold Kendall tau against ``min_tau``; too few results are not
+    measurable. (Fitted on 10 of these 12, the MLP ranks the other two no better than chance
+    even where the target is log MFLOPs, one of its encoder's pretraining proxies: tau -0.03
+    out of fold, 1.0 in sample. That is why verification asks.)"""
+    space, encoder, results, _ = setting
+    measured = predictor_gate(space, encoder, results, seed=0, min_tau=-1.0)
+    assert measured["results"] == 12 and -1.0 <= measured["tau"] <= 1.0 and measured["trusted"]
+    rng = np.random.default_rng(0)
+    noise = [{**r, "metrics": {"segm_AP": float(rng.uniform())}} for r in results]
+    noisy = predictor_gate(space, encoder, noise, seed=0, min_tau=0.8)
+    assert noisy["tau"] < 0.8 and not noisy["trusted"]
+    assert predictor_gate(space, encoder, noise, seed=0, min_tau=None) == {
+        "results": 12, "tau": None, "min_tau": None, "trusted": True}  # null: the front, unmeasured
+    few = predictor_gate(space, encoder, results[:3], seed=0, min_tau=-1.0)
+    assert few["tau"] is None and not few["trusted"]
+
+
+def test_stage_1s_candidates_rank_by_the_rung_they_reached_then_their_ap_there():
+    def trial(cid: str, status: str, reached: int | None, ap: float | None) -> dict:
+        return {"candidate": {"c": cid}, "candidate_id": cid, "mflops": 1.0, "params": 1, "latency_ms": None,
+                "status": status, "reached": reached, "metrics": {} if ap is None else {"segm_AP": ap}}
+
+    trials = [trial("a", "done", 10, 0.2), trial("b", "done", 10, 0.3), trial("c", "pruned", 5, 0.5),
+              trial("a", "done", 10, 0.1), trial("d", "failed", 3, None), trial("e", "pending", None, None)]
+    assert [s.id for s in by_measurement(trials)] == ["b", "a", "c"]  # a once, where it ranks best
 
 
 def _changed(a: dict, b: dict) -> set[str]:

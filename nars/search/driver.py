@@ -31,7 +31,8 @@ from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
 from nars.search.fronts import seed_offset, tuned_parent
 from nars.search.experiment import load_experiment, uses_latency
-from nars.search.stage1 import METRIC, fit_predictor, measured, pretrained_encoder, propose, zero_shot_encoder
+from nars.search.stage1 import (METRIC, as_sample, by_measurement, distinct, fit_predictor, measured, predictor_gate,
+                                pretrained_encoder, propose, zero_shot_encoder)
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
 from nars.search.halving import milestones, rung_gate, survivors
 from nars.search.tensorboard_log import SUPERNET_DIR, log_run
@@ -361,13 +362,25 @@ class Search:
         return front
 
     def verify(self, front: list[dict[str, Any]]) -> None:
+        """Verification's candidates: the predictor's picks along its front when its out-of-fold
+        tau passes ``verify.min_tau`` (``stage1.predictor_gate``), else stage 1's best measured.
+        The gate (meta ``verify_gate``) and the picks are stored before any trains."""
         v = self.exp["verify"]
         if not self.store.trials(stage="verify"):
-            best = max(measured(self.store.trials(stage="stage1")), key=lambda t: t["metrics"][METRIC], default=None)
-            incumbent = None if best is None else Sample(best["candidate"], best["candidate_id"], best["mflops"],
-                                                         best["params"], best["latency_ms"])
-            key = "latency_ms" if self.exp["stage2"]["objective"] == "latency" else "mflops"
-            self.add({"verify": _picks([Sample.from_dict(e) for e in front], incumbent, v["top_k"], key)}, 0)
+            gate = self.store.get_meta("verify_gate")
+            if gate is None:
+                results = self.store.get_meta("warm_results", []) + measured(self.store.trials(stage="stage1"))
+                gate = predictor_gate(self.space, self.encoder, results, self.exp["seed"],
+                                      v.get("min_tau"))  # absent: a run begun before the gate trusted the front
+                self.store.set_meta("verify_gate", gate)
+            ranked = by_measurement(self.store.trials(stage="stage1"))
+            predicted = [Sample.from_dict(e) for e in front]
+            if gate["trusted"]:
+                key = "latency_ms" if self.exp["stage2"]["objective"] == "latency" else "mflops"
+                picks = _picks(predicted, ranked[0] if ranked else None, v["top_k"], key)
+            else:  # the predicted front only fills what stage 1 did not measure
+                picks = distinct([*ranked, *predicted])[:v["top_k"]]
+            self.add({"verify": picks}, 0)
         self.run_pending(self.store.trials(stage="verify", status="pending"), "verification")
 
     def rescore(self) -> None:
@@ -379,8 +392,7 @@ class Search:
         finalists = [t for t in self.store.trials(status="done") if t["stage"] in ("verify", "reference")]
         tuned = tuned_parent(self.store.trials())
         finalists += [tuned] if tuned is not None and tuned["stage"] == "recipe" else []
-        samples = list({t["candidate_id"]: Sample(t["candidate"], t["candidate_id"], t["mflops"], t["params"],
-                                                  t["latency_ms"]) for t in finalists}.values())
+        samples = list({t["candidate_id"]: as_sample(t) for t in finalists}.values())
         for j in range(1, self.exp["verify"]["rescore"] + 1):
             if samples and not self.store.trials(stage="rescore", round=j):
                 self.add({"rescore": samples}, j)

@@ -88,8 +88,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # latency): candidates measured per search (added to the machine's cache), threads timed with
     "latency": {"samples": 24, "threads": 2},
     # rescore: extra seeds (the run's seed + 1, + 2, ...) each verified candidate, the reference and
-    # the tuned parent train with before the winner is chosen by its mean segm AP over seeds
-    "verify": {"top_k": 2, "max_iter": 600, "reference": "FBNetV3_A_dsmask", "rescore": 0},
+    # the tuned parent train with before the winner is chosen by its mean segm AP over seeds;
+    # min_tau: the predictor's front is verified only when its out-of-fold Kendall tau on stage
+    # 1's results is at least this (null: always), else stage 1's best measured candidates are
+    "verify": {"top_k": 2, "max_iter": 600, "reference": "FBNetV3_A_dsmask", "rescore": 0, "min_tau": 0.8},
     "ray": {
         "address": "",
         "num_cpus": 2,
@@ -106,7 +108,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 EXPERIMENT_SCHEMA = Schema(
     EXPERIMENT_DEFAULTS,
     {"constraints.max_mflops": NONE_FLOAT, "constraints.max_params": NONE_FLOAT,
-     "constraints.max_latency_ms": NONE_FLOAT, "stage1.early_stop.min_tau": NONE_FLOAT, "config": (dict,)},
+     "constraints.max_latency_ms": NONE_FLOAT, "stage1.early_stop.min_tau": NONE_FLOAT,
+     "verify.min_tau": NONE_FLOAT, "config": (dict,)},
     kind="experiment",
 )
 
@@ -162,9 +165,9 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     if early["grace_period"] < 1 or early["reduction_factor"] < 2:
         raise UserError(f"{path}: stage1.early_stop needs grace_period >= 1 and reduction_factor >= 2, "
                         f"got {early['grace_period']} and {early['reduction_factor']}")
-    if early["min_tau"] is not None and not -1.0 <= early["min_tau"] <= 1.0:
-        raise UserError(f"{path}: stage1.early_stop.min_tau must be in [-1, 1] (a Kendall tau) or null, "
-                        f"got {early['min_tau']}")
+    for key, tau in (("stage1.early_stop.min_tau", early["min_tau"]), ("verify.min_tau", exp["verify"]["min_tau"])):
+        if tau is not None and not -1.0 <= tau <= 1.0:
+            raise UserError(f"{path}: {key} must be in [-1, 1] (a Kendall tau) or null, got {tau}")
     return exp
 
 

@@ -176,6 +176,20 @@ def _baseline(row: Mapping[str, Any] | None) -> str:
             f"{row['iterations']} iterations)")
 
 
+def _verify_gate(gate: Mapping[str, Any] | None) -> str:
+    """What verification trained, and why (``stage1.predictor_gate``, as stored before it trained)."""
+    if gate is None:
+        return ""
+    if gate["min_tau"] is None:
+        why = "verify.min_tau is null"
+    else:
+        tau = "not measurable" if gate["tau"] is None else f"{gate['tau']:.2f}"
+        why = f"out-of-fold Kendall tau {tau} on {gate['results']} stage-1 results; verify.min_tau {gate['min_tau']:g}"
+    what = ("the predictor's front (its best, stage 1's best measured, then spread along it)" if gate["trusted"]
+            else "stage 1's best measured candidates, not the predictor's extrapolations")
+    return f"<p>Verification trained {_e(what)}: {_e(why)}.</p>"
+
+
 def _fidelity(trials: Sequence[dict[str, Any]], gate: Mapping[str, list[dict[str, Any]]], min_tau: float | None) -> str:
     """This run's own rung fidelity (``halving.rung_pairs``): Kendall's tau of each rung's AP
     against the AP the same trials reached later; and, per round, whether each rung decided
@@ -336,6 +350,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
         predicted = store.get_meta("stage2_front") or []
         zero_shot = store.get_meta("zero_shot") or []
         gate = store.get_meta("rung_gate") or {}
+        verify_gate = store.get_meta("verify_gate")
     finally:
         store.close()
     counts = Counter(t["status"] for t in trials)
@@ -361,7 +376,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
     pairs, tau = _fit(trials, predicted)
     fidelity_html = _fidelity(trials, gate, experiment.get("stage1", {}).get("early_stop", {}).get("min_tau"))
     fit_html = (f'<div class="plots">{_img(_fit_png(pairs), "predicted against measured segm AP")}</div>'
-                if pairs else "") + f"<p>{_e(tau)}</p>"
+                if pairs else "") + f"<p>{_e(tau)}</p>" + _verify_gate(verify_gate)
 
     supernet_metrics = read_metrics(run_dir / SUPERNET_DIR)
     supernet_html = (f"<h2>Supernet</h2>{_supernet(supernet_metrics, zero_shot, trials)}"

@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from nars.supernet.subnets import complete
-from predictor import MLPPredictor, ProxyEncoder, pretrain_encoder, proxy_data
+from nars.search.halving import MIN_PAIRS, kendall_tau
+from predictor import MLPPredictor, ProxyEncoder, out_of_fold, pretrain_encoder, proxy_data
 from search_spaces import SearchSpace, sample
 from search_spaces.sampling import Sample, neighbours
 
@@ -45,16 +46,53 @@ def zero_shot_encoder(space: SearchSpace, records: Sequence[Mapping[str, Any]], 
     return pretrain_encoder(x_arch, proxies, seed=seed)
 
 
+def _predictor(space: SearchSpace, encoder: ProxyEncoder, seed: int) -> MLPPredictor:
+    return MLPPredictor(space.arch_slice.stop - space.arch_slice.start, encoder=encoder, seed=seed)
+
+
+def _xy(space: SearchSpace, results: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    return space.encode([r["candidate"] for r in results]), np.array([r["metrics"][METRIC] for r in results], dtype=float)
+
+
 def fit_predictor(space: SearchSpace, encoder: ProxyEncoder, results: Sequence[Mapping[str, Any]], seed: int) -> MLPPredictor:
     """Refit on every measured trial (done or pruned: its last reported AP)."""
-    x = space.encode([r["candidate"] for r in results])
-    y = np.array([r["metrics"][METRIC] for r in results], dtype=float)
-    arch_dims = space.arch_slice.stop - space.arch_slice.start
-    return MLPPredictor(arch_dims, encoder=encoder, seed=seed).fit(x, y)
+    return _predictor(space, encoder, seed).fit(*_xy(space, results))
+
+
+def predictor_gate(space: SearchSpace, encoder: ProxyEncoder, results: Sequence[Mapping[str, Any]], seed: int,
+                   min_tau: float | None) -> dict[str, Any]:
+    """Whether verification trains the predictor's front: its out-of-fold Kendall tau over the
+    results it is fitted on (5 folds, fewer with fewer results) is at least ``min_tau`` (always,
+    when None). Fitted on a dozen short trials it was not: its best prediction verified below
+    stage 1's best measured candidate in all six benchmark runs (BENCHMARKS.md)."""
+    tau = None
+    if min_tau is not None and len(results) > MIN_PAIRS:
+        x, y = _xy(space, results)
+        pred = out_of_fold(lambda: _predictor(space, encoder, seed), x, y, folds=min(5, len(results)), seed=seed)
+        tau = kendall_tau(list(zip(pred[:, 0], y)))
+    return {"results": len(results), "tau": tau, "min_tau": min_tau,
+            "trusted": min_tau is None or (tau is not None and tau >= min_tau)}
 
 
 def measured(trials: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return [t for t in trials if t["status"] in ("done", "pruned") and t["metrics"] and METRIC in t["metrics"]]
+
+
+def as_sample(trial: Mapping[str, Any]) -> Sample:
+    """A stored trial's candidate, as sampling draws it."""
+    return Sample(trial["candidate"], trial["candidate_id"], trial["mflops"], trial["params"], trial["latency_ms"])
+
+
+def distinct(samples: Sequence[Sample]) -> list[Sample]:
+    """Each candidate once, where it first comes."""
+    seen: set[str] = set()
+    return [s for s in samples if not (s.id in seen or seen.add(s.id))]
+
+
+def by_measurement(trials: Sequence[Mapping[str, Any]]) -> list[Sample]:
+    """Stage 1's candidates, best first: by the rung they reached, then their AP there."""
+    ranked = sorted(measured(trials), key=lambda t: (t["reached"] or 0, t["metrics"][METRIC]), reverse=True)
+    return distinct([as_sample(t) for t in ranked])
 
 
 def propose(

@@ -1,0 +1,135 @@
+"""Which candidates should verification train? The predictor's front against stage 1's best
+measured candidates, on identical stage-1 results.
+
+    .venv/bin/python bench/bench_verify_gate.py --work /work/bench_search/q23b --out /tmp/nars-verify-gate
+
+``--work`` is a finished ``bench/bench_search.py`` folder. Each of its NARS-family runs
+(methods NARS, local, recipe) is copied to ``--out``, its verification is cleared (the
+verified trials, their folders, the gate) and the run is resumed with ``verify.min_tau``
+(default 0.8): ``nars.search.stage1.predictor_gate`` then decides from the same stage-1
+results, the same stage-2 front and the same seed what verification trains. Stage 1, the
+reference and the recipe stage are not trained again, so the comparison is paired on
+everything but the rule. A candidate both rules pick trains the same model (same seed, same
+start); the script checks that its AP repeats, which is the measurement's determinism.
+
+Printed: per run, each rule's picks and APs and the gate's out-of-fold tau; paired differences
+(95% bootstrap CI over seeds, P(better)) of the best verified segm AP: new rule minus old rule,
+NARS with the new rule minus random search (same ``--work``), and the ``recipe`` runs' winner
+minus their tuned parent. Everything lands in ``--out/results.json``. Resumable: a run whose
+verification finished is read back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import sqlite3
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_search import paired  # noqa: E402
+
+from nars.fileio import atomic_write_text  # noqa: E402
+from nars.search.driver import EXPERIMENT_FILE, search  # noqa: E402
+from nars.search.fronts import tuned_parent  # noqa: E402
+from nars.search.stage1 import METRIC  # noqa: E402
+from nars.search.store import STORE_FILE, RunStore  # noqa: E402
+
+SEARCHES = ("NARS", "local", "recipe")  # bench_search's methods that run nars.search.driver
+
+
+def _verified(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, dict[str, Any] | None]:
+    store = RunStore(run / STORE_FILE, readonly=True)
+    try:
+        trials = store.trials()
+        gate = store.get_meta("verify_gate")
+    finally:
+        store.close()
+    verified = [{"id": t["candidate_id"], "mflops": t["mflops"], METRIC: (t["metrics"] or {}).get(METRIC)}
+                for t in trials if t["stage"] == "verify"]
+    tuned = tuned_parent(trials)
+    return verified, gate, None if tuned is None else {"id": tuned["candidate_id"], METRIC: tuned["metrics"][METRIC]}
+
+
+def _cleared_copy(source: Path, run: Path, min_tau: float) -> None:
+    """``source`` without its verification, set to re-verify under ``verify.min_tau``."""
+    store = RunStore(source / STORE_FILE, readonly=True)
+    try:
+        gone = [t["id"] for t in store.trials() if t["stage"] in ("verify", "rescore")]
+    finally:
+        store.close()
+    shutil.rmtree(run, ignore_errors=True)
+    # the experiment file comes back from the store's copy when the run resumes
+    dropped = {*gone, "ray", "wall.json", EXPERIMENT_FILE}
+    shutil.copytree(source, run, ignore=lambda d, names: [n for n in names if n in dropped]
+                    if Path(d).name == "trials" or Path(d) == source else [])
+    db = sqlite3.connect(run / STORE_FILE)  # RunStore never deletes a trial: this surgery is the benchmark's own
+    with contextlib.closing(db), db:
+        db.execute("DELETE FROM trials WHERE stage IN ('verify', 'rescore')")
+        db.execute("DELETE FROM meta WHERE key = 'verify_gate'")
+        exp = json.loads(db.execute("SELECT value FROM meta WHERE key = 'experiment'").fetchone()[0])
+        exp["verify"]["min_tau"] = min_tau
+        db.execute("UPDATE meta SET value = ? WHERE key = 'experiment'", (json.dumps(exp),))
+        db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (json.dumps("verify"),))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", required=True, help="a finished bench/bench_search.py folder")
+    parser.add_argument("--out", required=True, help="where the re-verified copies go")
+    parser.add_argument("--min-tau", type=float, default=0.8)
+    args = parser.parse_args()
+    work, out = Path(args.work), Path(args.out)
+    results = json.loads((work / "results.json").read_text())
+    rows: list[dict[str, Any]] = []
+    for source in sorted(work.glob("runs/*/seed*")):
+        method, seed = source.parent.name, int(source.name.removeprefix("seed"))
+        if method not in SEARCHES:
+            continue
+        run = out / "runs" / method / source.name
+        if not (run / "done").is_file():
+            _cleared_copy(source, run, args.min_tau)
+            search(None, [], resume=str(run), progress=False)
+            atomic_write_text(run / "done", "re-verified\n")
+        old, _, tuned = _verified(source)
+        new, gate, _ = _verified(run)
+        repeated = {v["id"]: (v[METRIC], w[METRIC]) for v in old for w in new if v["id"] == w["id"]}
+        rows.append({"method": method, "seed": seed, "old": old, "new": new, "gate": gate, "tuned_parent": tuned,
+                     "repeated": repeated, "old_best": max(v[METRIC] for v in old),
+                     "new_best": max(v[METRIC] for v in new)})
+        print(f"{method} seed {seed}: gate tau {gate['tau']} -> {'front' if gate['trusted'] else 'measured'}; "
+              f"old {[(v['id'], round(v[METRIC], 4)) for v in old]} new {[(v['id'], round(v[METRIC], 4)) for v in new]}"
+              f"; repeated {repeated}", flush=True)
+
+    def compare(label: str, ours: str, theirs: list[dict[str, Any]]) -> dict[str, Any]:
+        table = [{"method": "NARS", "seed": r["seed"], "best_verified_ap": r["new_best"]} for r in rows
+                 if r["method"] == ours] + theirs
+        d = paired(table, "other")
+        print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']} seeds, "
+              f"P(better) {d['p_improvement']:.2f}")
+        return {"comparison": label, **d}
+
+    comparisons = []
+    for method in sorted({r["method"] for r in rows}):
+        comparisons.append(compare(f"{method}: new rule minus old rule", method,
+                                   [{"method": "other", "seed": r["seed"], "best_verified_ap": r["old_best"]}
+                                    for r in rows if r["method"] == method]))
+    if any(r["method"] == "random" for r in results["rows"]):
+        comparisons.append(compare("NARS (new rule) minus random", "NARS",
+                                   [{"method": "other", "seed": r["seed"], "best_verified_ap": r["best_verified_ap"]}
+                                    for r in results["rows"] if r["method"] == "random"]))
+    if any(r["tuned_parent"] for r in rows):
+        comparisons.append(compare("recipe (new rule) minus its tuned parent", "recipe",
+                                   [{"method": "other", "seed": r["seed"], "best_verified_ap": r["tuned_parent"][METRIC]}
+                                    for r in rows if r["method"] == "recipe" and r["tuned_parent"]]))
+    atomic_write_text(out / "results.json", json.dumps({"work": str(work), "min_tau": args.min_tau, "rows": rows,
+                                                        "paired": comparisons}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
