@@ -17,62 +17,53 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FINALIZER = """
+COMMAND = """
 import sys, time
-from nars.interrupts import Interrupted, check, raising
+from nars.interrupts import Interrupted, check, deferred, raising
+from nars.search.cluster import ray_session
 
-class Slow:
-    def __del__(self):
-        print("finalizing", flush=True)
-        time.sleep(60)  # the test's SIGINT ends the sleep; its exception is "ignored" here
+def command():
+{body}
 
 try:
-    with raising():
-        Slow()
-        print("carried on", flush=True)
-        check()
-        print("not stopped", flush=True)
+    with raising():  # as the CLI runs every command
+        command()
 except Interrupted as e:
     print("stopped", e.name, flush=True)
     sys.exit(e.exit_code)
+"""
+
+FINALIZER = """
+    class Slow:
+        def __del__(self):
+            print("finalizing", flush=True)
+            time.sleep(60)  # the test's SIGINT ends the sleep; its exception is "ignored" here
+
+    Slow()
+    print("carried on", flush=True)
+    check()
+    print("not stopped", flush=True)
 """
 
 DEFERRED = """
-import sys, time
-from nars.interrupts import Interrupted, deferred, raising
-
-try:
-    with raising():
-        with deferred():
-            print("in the block", flush=True)
-            time.sleep(2)  # the signal arrives here: recorded, and the sleep goes on (PEP 475)
-            print("block done", flush=True)
-        print("not stopped", flush=True)
-except Interrupted as e:
-    print("stopped", e.name, flush=True)
-    sys.exit(e.exit_code)
+    with deferred():
+        print("in the block", flush=True)
+        time.sleep(2)  # the signal arrives here: recorded, and the sleep goes on (PEP 475)
+        print("block done", flush=True)
+    print("not stopped", flush=True)
 """
 
 RAY_START = """
-import sys
-from nars.interrupts import Interrupted, raising
-from nars.search.cluster import ray_session
-
-try:
-    with raising():
-        print("starting", flush=True)
-        with ray_session({"address": None, "num_cpus": 1}):
-            print("up", flush=True)
-            import time; time.sleep(60)
-except Interrupted as e:
-    print("stopped", e.name, flush=True)
-    sys.exit(e.exit_code)
+    print("starting", flush=True)
+    with ray_session({"address": None, "num_cpus": 1}):
+        print("up", flush=True)
+        time.sleep(60)
 """
 
 
-def _child(code: str) -> subprocess.Popen:
+def _child(body: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, start_new_session=True,
+    return subprocess.Popen([sys.executable, "-c", COMMAND.format(body=body.strip("\n"))], cwd=ROOT, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
