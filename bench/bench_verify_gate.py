@@ -36,6 +36,7 @@ from bench_search import paired  # noqa: E402
 
 from nars.fileio import atomic_write_text  # noqa: E402
 from nars.search.driver import EXPERIMENT_FILE, search  # noqa: E402
+from nars.search.experiment import EXPERIMENT_DEFAULTS  # noqa: E402
 from nars.search.fronts import tuned_parent  # noqa: E402
 from nars.search.stage1 import METRIC  # noqa: E402
 from nars.search.store import STORE_FILE, RunStore  # noqa: E402
@@ -56,14 +57,13 @@ def _verified(run: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None, d
     return verified, gate, None if tuned is None else {"id": tuned["candidate_id"], METRIC: tuned["metrics"][METRIC]}
 
 
-def _cleared_copy(source: Path, run: Path, min_tau: float) -> None:
-    """``source`` without its verification, set to re-verify under ``verify.min_tau``."""
+def _cleared_copy(source: Path, run: Path) -> None:
+    """``source`` without its verification."""
     store = RunStore(source / STORE_FILE, readonly=True)
     try:
         gone = [t["id"] for t in store.trials() if t["stage"] in ("verify", "rescore")]
     finally:
         store.close()
-    shutil.rmtree(run, ignore_errors=True)
     # the experiment file comes back from the store's copy when the run resumes
     dropped = {*gone, "ray", "wall.json", EXPERIMENT_FILE}
     shutil.copytree(source, run, ignore=lambda d, names: [n for n in names if n in dropped]
@@ -72,10 +72,18 @@ def _cleared_copy(source: Path, run: Path, min_tau: float) -> None:
     with contextlib.closing(db), db:
         db.execute("DELETE FROM trials WHERE stage IN ('verify', 'rescore')")
         db.execute("DELETE FROM meta WHERE key = 'verify_gate'")
-        exp = json.loads(db.execute("SELECT value FROM meta WHERE key = 'experiment'").fetchone()[0])
-        exp["verify"]["min_tau"] = min_tau
-        db.execute("UPDATE meta SET value = ? WHERE key = 'experiment'", (json.dumps(exp),))
         db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (json.dumps("verify"),))
+
+
+def _set_rule(run: Path, min_tau: float) -> None:
+    """The stored experiment with ``verify.min_tau``, and today's defaults for the verify keys
+    it predates (``rescore``: 0, as it ran)."""
+    db = sqlite3.connect(run / STORE_FILE)
+    with contextlib.closing(db), db:
+        exp = json.loads(db.execute("SELECT value FROM meta WHERE key = 'experiment'").fetchone()[0])
+        exp["verify"] = {**EXPERIMENT_DEFAULTS["verify"], **exp["verify"], "min_tau": min_tau}
+        db.execute("UPDATE meta SET value = ? WHERE key = 'experiment'", (json.dumps(exp),))
+    (run / EXPERIMENT_FILE).unlink(missing_ok=True)
 
 
 def main() -> None:
@@ -93,7 +101,9 @@ def main() -> None:
             continue
         run = out / "runs" / method / source.name
         if not (run / "done").is_file():
-            _cleared_copy(source, run, args.min_tau)
+            if not run.is_dir():
+                _cleared_copy(source, run)
+            _set_rule(run, args.min_tau)
             search(None, [], resume=str(run), progress=False)
             atomic_write_text(run / "done", "re-verified\n")
         old, _, tuned = _verified(source)
