@@ -4,7 +4,7 @@
     .venv/bin/python bench/bench_tuned_parent.py --work /tmp/nars-tuned-parent \\
         --seeds 0 1 2 -- constraints.max_mflops 862
 
-Per seed S, one ``nars search EXPERIMENT`` (default ``quickstart_finetune``) with a recipe
+Per seed S, one ``nars search EXPERIMENT`` (default ``quickstart``, the main job) with a recipe
 stage (``recipe.trials 3``), ``seed S`` and the overrides after ``--``, into
 ``WORK/seedS``. Each run trains the reference (the parent's architecture with the base
 recipe) and three local recipe moves on it, all at the verify budget: the best of those is
@@ -60,7 +60,7 @@ def summarize(run: Path, seed: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True)
-    parser.add_argument("--experiment", default="quickstart_finetune")
+    parser.add_argument("--experiment", default="quickstart", help="a name or path (default: the main job's)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs every run takes (after --)")
     args = parser.parse_args()

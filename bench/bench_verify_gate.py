@@ -15,8 +15,12 @@ start); the script checks that its AP repeats, which is the measurement's determ
 Printed: per run, each rule's picks and APs and the gate's out-of-fold tau; paired differences
 (95% bootstrap CI over seeds, P(better)) of the best verified segm AP: new rule minus old rule,
 NARS with the new rule minus random search (same ``--work``), and the ``recipe`` runs' winner
-minus their tuned parent. Everything lands in ``--out/results.json``. Resumable: a run whose
-verification finished is read back.
+minus their tuned parent. Also the second verified model of each rule (paired over runs), and,
+to tell a weak predictor from a hard ranking: the gate's out-of-fold tau on random subsets
+(6, 12, 24) of every run's stage-1 results pooled (distinct candidates from all seeds and
+methods, random search's uniform draws among them), against MFLOPs alone on the same subsets.
+Everything lands in ``--out/results.json``. Resumable: a run whose verification finished is
+read back.
 """
 
 from __future__ import annotations
@@ -30,15 +34,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_search import paired  # noqa: E402
 
 from nars.fileio import atomic_write_text  # noqa: E402
-from nars.search.driver import EXPERIMENT_FILE, search  # noqa: E402
+from nars.search.driver import EXPERIMENT_FILE, Search, search  # noqa: E402
 from nars.search.experiment import EXPERIMENT_DEFAULTS  # noqa: E402
 from nars.search.fronts import tuned_parent  # noqa: E402
-from nars.search.stage1 import METRIC  # noqa: E402
+from nars.search.halving import kendall_tau  # noqa: E402
+from nars.search.stage1 import METRIC, measured, predictor_gate  # noqa: E402
 from nars.search.store import STORE_FILE, RunStore  # noqa: E402
 
 SEARCHES = ("NARS", "local", "recipe")  # bench_search's methods that run nars.search.driver
@@ -86,6 +93,33 @@ def _set_rule(run: Path, min_tau: float) -> None:
     (run / EXPERIMENT_FILE).unlink(missing_ok=True)
 
 
+def pooled_tau(work: Path, sizes: tuple[int, ...] = (6, 12, 24), repeats: int = 5) -> dict[int, dict[str, float]]:
+    """The gate's out-of-fold tau on random subsets of every run's stage-1 results pooled,
+    against MFLOPs alone: median over ``repeats`` subsets per size."""
+    results: dict[str, dict[str, Any]] = {}
+    exp = None
+    for db in sorted(work.glob(f"runs/*/seed*/{STORE_FILE}")):
+        store = RunStore(db, readonly=True)
+        try:
+            exp = exp or store.get_meta("experiment")
+            results.update({t["candidate_id"]: t for t in measured(store.trials(stage="stage1"))})
+        finally:
+            store.close()
+    pool = list(results.values())
+    job = Search(exp, work, progress=False, latency=False)  # its space and pretrained encoder, as the search's
+    rng, out = np.random.default_rng(0), {}
+    for n in sizes:
+        taus, flops = [], []
+        for _ in range(repeats):
+            subset = [pool[i] for i in rng.choice(len(pool), n, replace=False)]
+            taus.append(predictor_gate(job.space, job.encoder, subset, exp["seed"], min_tau=-1.0)["tau"])
+            flops.append(kendall_tau([(t["mflops"], t["metrics"][METRIC]) for t in subset]))
+        out[n] = {"predictor": float(np.median(taus)), "mflops": float(np.median(flops))}
+        print(f"pooled stage-1 results ({len(pool)} candidates), {n} at a time: out-of-fold tau "
+              f"{out[n]['predictor']:+.2f}, MFLOPs alone {out[n]['mflops']:+.2f}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", required=True, help="a finished bench/bench_search.py folder")
@@ -116,30 +150,32 @@ def main() -> None:
               f"old {[(v['id'], round(v[METRIC], 4)) for v in old]} new {[(v['id'], round(v[METRIC], 4)) for v in new]}"
               f"; repeated {repeated}", flush=True)
 
-    def compare(label: str, ours: str, theirs: list[dict[str, Any]]) -> dict[str, Any]:
-        table = [{"method": "NARS", "seed": r["seed"], "best_verified_ap": r["new_best"]} for r in rows
-                 if r["method"] == ours] + theirs
+    def compare(label: str, ours: dict[Any, float], theirs: dict[Any, float]) -> dict[str, Any]:
+        """Ours minus theirs, paired on the keys both have (seeds, or runs)."""
+        table = ([{"method": "NARS", "seed": k, "best_verified_ap": v} for k, v in ours.items()]
+                 + [{"method": "other", "seed": k, "best_verified_ap": v} for k, v in theirs.items()])
         d = paired(table, "other")
-        print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']} seeds, "
+        print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']}, "
               f"P(better) {d['p_improvement']:.2f}")
         return {"comparison": label, **d}
 
-    comparisons = []
-    for method in sorted({r["method"] for r in rows}):
-        comparisons.append(compare(f"{method}: new rule minus old rule", method,
-                                   [{"method": "other", "seed": r["seed"], "best_verified_ap": r["old_best"]}
-                                    for r in rows if r["method"] == method]))
-    if any(r["method"] == "random" for r in results["rows"]):
-        comparisons.append(compare("NARS (new rule) minus random", "NARS",
-                                   [{"method": "other", "seed": r["seed"], "best_verified_ap": r["best_verified_ap"]}
-                                    for r in results["rows"] if r["method"] == "random"]))
-    if any(r["tuned_parent"] for r in rows):
-        comparisons.append(compare("recipe (new rule) minus its tuned parent", "recipe",
-                                   [{"method": "other", "seed": r["seed"], "best_verified_ap": r["tuned_parent"][METRIC]}
-                                    for r in rows if r["method"] == "recipe" and r["tuned_parent"]]))
-    atomic_write_text(out / "results.json", json.dumps({"work": str(work), "min_tau": args.min_tau, "rows": rows,
-                                                        "paired": comparisons}, indent=1) + "\n")
+    def of(method: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in rows if r["method"] == method}
 
+    comparisons = [compare(f"{m}: new rule minus old rule", of(m, "new_best"), of(m, "old_best"))
+                   for m in sorted({r["method"] for r in rows})]
+    random = {r["seed"]: r["best_verified_ap"] for r in results["rows"] if r["method"] == "random"}
+    if random:
+        comparisons.append(compare("NARS (new rule) minus random", of("NARS", "new_best"), random))
+    tuned = {r["seed"]: r["tuned_parent"][METRIC] for r in rows if r["method"] == "recipe" and r["tuned_parent"]}
+    if tuned:
+        comparisons.append(compare("recipe (new rule) minus its tuned parent", of("recipe", "new_best"), tuned))
+    comparisons.append(compare("the second verified model, new rule minus old rule (over runs)",
+                               {i: min(v[METRIC] for v in r["new"]) for i, r in enumerate(rows)},
+                               {i: min(v[METRIC] for v in r["old"]) for i, r in enumerate(rows)}))
+    pooled = pooled_tau(work)
+    atomic_write_text(out / "results.json", json.dumps({"work": str(work), "min_tau": args.min_tau, "rows": rows,
+                                                        "paired": comparisons, "pooled": pooled}, indent=1) + "\n")
 
 if __name__ == "__main__":
     main()
