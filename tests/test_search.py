@@ -56,7 +56,7 @@ def _statuses(run: Path) -> dict[str, str]:
 def searched(tmp_path_factory):
     """A search killed (SIGKILL) in stage 1 once a trial has finished, then resumed."""
     tmp = tmp_path_factory.mktemp("search")
-    exp = _experiment(tmp, **{"verify.rescore": 1})
+    exp = _experiment(tmp, **{"verify.rescore": 1, "verify.min_tau": 0.8})
     run = tmp / "run"
     proc = subprocess.Popen([*NARS, "search", str(exp), "--out", str(run)], cwd=tmp, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -164,8 +164,8 @@ def test_a_rung_decides_only_once_earlier_rounds_measured_its_fidelity(searched)
 
 
 def test_verification_trains_the_predictors_front_only_when_the_stored_gate_trusts_it(searched):
-    """tiny_search keeps the default verify.min_tau (0.8): the gate, judged on stage 1's 4
-    results, is stored; what verification trained follows it, and the report says why."""
+    """With verify.min_tau 0.8 (the default; tiny_search turns it off elsewhere) the gate, judged
+    on stage 1's 4 results, is stored; what verification trained follows it, and the report says why."""
     store = RunStore(searched["run"] / "nars.sqlite")
     trials, gate, front = store.trials(), store.get_meta("verify_gate"), store.get_meta("stage2_front")
     store.close()
