@@ -460,17 +460,22 @@ def table(rows: list[dict[str, Any]], seeds: list[int], methods: tuple[str, ...]
 
 def paired(rows: list[dict[str, Any]], method: str, key: str = "best_verified_ap", resamples: int = 10_000,
            ) -> dict[str, Any]:
-    """NARS minus ``method`` on the same seeds (same data, data order and validation images):
-    the mean paired difference in ``key``, its 95% bootstrap interval over seeds, and the share
-    of seeds on which NARS is better (the probability of improvement, as rliable reports it)."""
+    """NARS minus ``method`` on the same seeds (same data, data order and validation images)."""
     by_seed = {(r["method"], r["seed"]): r[key] for r in rows}
-    seeds = sorted(s for m, s in by_seed if m == method and ("NARS", s) in by_seed)
-    diffs = np.array([by_seed["NARS", s] - by_seed[method, s] for s in seeds], dtype=float)
+    return {"method": method, **paired_difference({s: v for (m, s), v in by_seed.items() if m == "NARS"},
+                                                  {s: v for (m, s), v in by_seed.items() if m == method}, resamples)}
+
+
+def paired_difference(ours: Mapping[Any, float], theirs: Mapping[Any, float], resamples: int = 10_000) -> dict[str, Any]:
+    """``ours`` minus ``theirs`` on the keys (seeds) both have: the mean paired difference, its
+    95% bootstrap interval over the keys, and the share of keys on which ours is better (the
+    probability of improvement, as rliable reports it)."""
+    diffs = np.array([ours[k] - theirs[k] for k in sorted(ours) if k in theirs], dtype=float)
     diffs = diffs[~np.isnan(diffs)]
     if not len(diffs):
-        return {"method": method, "seeds": 0, "mean": math.nan, "ci": [math.nan, math.nan], "p_improvement": math.nan}
+        return {"seeds": 0, "mean": math.nan, "ci": [math.nan, math.nan], "p_improvement": math.nan}
     means = np.random.default_rng(0).choice(diffs, size=(resamples, len(diffs))).mean(axis=1)
-    return {"method": method, "seeds": len(diffs), "mean": float(diffs.mean()),
+    return {"seeds": len(diffs), "mean": float(diffs.mean()),
             "ci": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
             "p_improvement": float(np.mean(diffs > 0) + 0.5 * np.mean(diffs == 0))}
 

@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import paired  # noqa: E402
+from bench_search import paired_difference  # noqa: E402
 
 from nars.fileio import atomic_write_text  # noqa: E402
 from nars.search.driver import search  # noqa: E402
@@ -83,9 +83,7 @@ def main() -> None:
               flush=True)
 
     def against(key: str) -> dict[str, Any]:
-        table = ([{"method": "NARS", "seed": r["seed"], "best_verified_ap": r["winner_ap"]} for r in rows]
-                 + [{"method": key, "seed": r["seed"], "best_verified_ap": r[key]} for r in rows])
-        d = paired(table, key)
+        d = paired_difference({r["seed"]: r["winner_ap"] for r in rows}, {r["seed"]: r[key] for r in rows})
         print(f"winner minus {key.removesuffix('_ap').replace('_', ' ')}: {d['mean']:+.4f} "
               f"[{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']} seeds, P(winner better) {d['p_improvement']:.2f}")
         return d

@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import paired  # noqa: E402
+from bench_search import paired_difference  # noqa: E402
 
 from nars.fileio import atomic_write_text  # noqa: E402
 from nars.search.driver import EXPERIMENT_FILE, Search, search  # noqa: E402
@@ -152,9 +152,7 @@ def main() -> None:
 
     def compare(label: str, ours: dict[Any, float], theirs: dict[Any, float]) -> dict[str, Any]:
         """Ours minus theirs, paired on the keys both have (seeds, or runs)."""
-        table = ([{"method": "NARS", "seed": k, "best_verified_ap": v} for k, v in ours.items()]
-                 + [{"method": "other", "seed": k, "best_verified_ap": v} for k, v in theirs.items()])
-        d = paired(table, "other")
+        d = paired_difference(ours, theirs)
         print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']}, "
               f"P(better) {d['p_improvement']:.2f}")
         return {"comparison": label, **d}
