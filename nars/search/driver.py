@@ -392,7 +392,7 @@ class Search:
         finalists = [t for t in self.store.trials(status="done") if t["stage"] in ("verify", "reference")]
         tuned = tuned_parent(self.store.trials())
         finalists += [tuned] if tuned is not None and tuned["stage"] == "recipe" else []
-        samples = list({t["candidate_id"]: as_sample(t) for t in finalists}.values())
+        samples = distinct([as_sample(t) for t in finalists])
         for j in range(1, self.exp["verify"]["rescore"] + 1):
             if samples and not self.store.trials(stage="rescore", round=j):
                 self.add({"rescore": samples}, j)
