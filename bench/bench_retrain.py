@@ -10,9 +10,9 @@ Each ``--model LABEL=WHICH:RUN`` names one model per seed (``{seed}`` in RUN is 
 each of ``--seeds``): ``winner`` is what ``nars export --best`` picks
 (``nars.search.export.pick``), ``tuned_parent`` the run's tuned parent
 (``nars.search.fronts.tuned_parent``), ``reference`` its reference. Each is trained again from
-the run's parent for ``--iters`` iterations with its own recipe's schedule (``Search.trial_config``
-at ``verify.max_iter ITERS``: the schedule stretched as the search stretches it) and the run's
-seed, one thread, ``--jobs`` at a time. It is then evaluated on a **test split**:
+the run's parent for ``--iters`` iterations, all of them alike, with its own recipe's schedule
+stretched to fit (``Search.trial_config`` at ``verify.max_iter ITERS``, as the search stretches it
+for its reference) and the run's seed, one thread, ``--jobs`` at a time. It is then evaluated on a **test split**:
 ``--test-images`` new images generated like the runs' dataset with another seed, which no
 search (and no parent) saw.
 
@@ -94,7 +94,9 @@ def retrain(label: str, which: str, run: Path, seed: int, iters: int, test: tupl
     if not Path(exp.get("workdir", ".")).is_dir():  # the run's clone is gone: its parent is this repo's, same bytes
         exp["workdir"] = str(REPO)
     job = Search(copy.deepcopy(exp), run, progress=False, latency=False)
-    cfg = job.trial_config(trial["candidate"], "reference" if which == "reference" else "verify")
+    # every model gets the same ITERS (the reference's rule: a recipe's own MAX_ITER, 400 in
+    # fbnetv3is_finetune, would cap a candidate below it), each with its schedule stretched to fit
+    cfg = job.trial_config(trial["candidate"], "reference")
     cfg["DATASETS"]["TEST"] = {"JSON": str(test[0]), "IMAGES": str(test[1])}
     metrics = train(cfg, out, progress=False)
     result = {"label": label, "which": which, "seed": seed, "run": str(run), "trial": trial["id"],
