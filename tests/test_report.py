@@ -254,6 +254,12 @@ def test_the_report_shows_the_runs_own_rung_fidelity(tmp_path):
         for it in (5, 10):
             store.append_history(f"c{i}-stage1", {"iteration": it, "segm_AP": 0.01 * i * it})
         store.finish(f"c{i}-stage1", "done", {"segm_AP": 0.1 * i}, wall_time=3.0)
+    experiment = store.get_meta("experiment")  # round 1's rung 5 compared its trials per image
+    experiment.setdefault("stage1", {}).setdefault("early_stop", {})["wilcoxon_p"] = 0.1
+    store.set_meta("experiment", experiment)
+    shown_worse = {"images": 8, "mean": -0.05, "ci": [-0.08, -0.02], "p": 0.02, "better": 0, "worse": 7}
+    store.set_meta("halving_paired", {"1": [{"c6-stage1": shown_worse}]})
+    store.set_meta("halving", {"1": [["c7-stage1"]]})
     store.close()
     out = tmp_path / "report.html"
     assert main(["report", str(run), "--out", str(out)]) == 0
@@ -261,6 +267,8 @@ def test_the_report_shows_the_runs_own_rung_fidelity(tmp_path):
     section = page[page.index("<h2>Rung fidelity</h2>"):page.index("<h2>Trials</h2>")]
     assert "rung 5 -&gt; 10" in section and "tau 1.00" in section  # c0, c2, c6, c7: the same order at 5 and 10
     assert "stage 1 -&gt; verify" in section and "too few pairs" in section  # c0 and c3 verified; c3 failed in stage 1
+    assert "Wilcoxon p &lt; 0.1" in section
+    assert "<td>c6-stage1</td><td>-0.0500 [-0.0800, -0.0200]</td><td class=\"n\">0.020</td><td>stopped</td>" in section
 
 
 def test_the_tuned_parent_is_the_recipe_stages_best_or_the_reference():

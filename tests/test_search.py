@@ -230,7 +230,8 @@ def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path
     """parent.config trains the parent into parent.weights (cached); every trial starts from it:
     the reference and the recipe stage's trials (the parent's own arch) load it whole, the others
     inherit part of it. The recipe stage trains before stage 1, at the reference's budget, and
-    its best (the tuned parent) is round 0's local-search incumbent."""
+    its best (the tuned parent) is round 0's local-search incumbent. Stage 1's rung compares its
+    two trials image by image (``wilcoxon_p``) before it decides."""
     from nars.config import dump, load_config
     from search_spaces import load_space
 
@@ -240,12 +241,20 @@ def test_a_search_from_a_parent_trains_it_once_and_every_trial_inherits(tmp_path
         "DATASETS.TEST.JSON", "''"])))
     parent = {"weights": str(tmp_path / "parent"), "arch": "", "config": str(config),
               "shapes": {"out": str(tmp_path / "parent_shapes"), "train": 4, "val": 2, "size": 64, "seed": 1}}
-    exp = _experiment(tmp_path, parent=parent, recipe={"trials": 2}, **{"stage1.rounds": 1, "stage1.local": 0.5})
+    early_stop = {"grace_period": 5, "reduction_factor": 2, "min_tau": None, "wilcoxon_p": 0.5}
+    exp = _experiment(tmp_path, parent=parent, recipe={"trials": 2},
+                      **{"stage1.rounds": 1, "stage1.local": 0.5, "stage1.early_stop": early_stop})
     assert main(["search", str(exp), "--out", str(tmp_path / "run")]) == 0
     assert (tmp_path / "parent" / "model_final.pth").is_file()
     store = RunStore(tmp_path / "run" / "nars.sqlite")
-    trials = store.trials()
+    trials, halving, paired = store.trials(), store.get_meta("halving"), store.get_meta("halving_paired")
     store.close()
+    stage1 = {t["id"] for t in trials if t["stage"] == "stage1"}
+    kept, compared = halving["0"][0], paired["0"][0]  # round 0, its one deciding rung (5 of 10 iterations)
+    assert len(stage1) == 2 and (stage1 - set(compared)) <= set(kept)  # the leader goes on
+    for tid, d in compared.items():  # the other one, compared on the validation images at the rung
+        assert d is not None and d["images"] >= 5
+        assert (tid in kept) == (not (d["mean"] < 0 and d["p"] < early_stop["wilcoxon_p"]))
     assert {t["stage"] for t in trials} == {"stage1", "verify", "reference", "recipe"}
     parents = [t for t in trials if t["stage"] in ("reference", "recipe")]
     reference = parents[0]
@@ -359,6 +368,8 @@ def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, cap
         ({"stage1": {"early_stop": {"grace_period": 5, "reduction_factor": 2, "min_tau": 1.5}}},
          "stage1.early_stop.min_tau must be in [-1, 1] (a Kendall tau) or null, got 1.5"),
         ({"verify": {"min_tau": -2}}, "verify.min_tau must be in [-1, 1] (a Kendall tau) or null, got -2"),
+        ({"stage1": {"early_stop": {"grace_period": 5, "reduction_factor": 2, "wilcoxon_p": 0.0}}},
+         "stage1.early_stop.wilcoxon_p must be in (0, 1] (a p-value) or null, got 0.0"),
         ({"stage2": {"objective": "speed"}}, "stage2.objective must be one of mflops, latency, got 'speed'"),
         ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
                       "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),

@@ -111,8 +111,12 @@ def test_stopping_at_a_rung_then_resuming_equals_one_run(shapes, tmp_path):
     rung = train(cfg, parts, progress=False, stop_at=4, on_eval=lambda it, m: seen.append(it))
     assert seen == [3] and rung is not None and (parts / "model_0000003.pth").is_file()
     assert not (parts / "model_final.pth").exists()
+    at_rung = json.loads((parts / "per_image.json").read_text())  # what a rung's paired comparison reads
+    assert at_rung["iteration"] == 4 and len(at_rung["segm_AP"]) > 0
     assert torch.load(parts / "model_0000003.pth", weights_only=True)["scheduler"]["last_epoch"] == 4
     assert train(cfg, parts, resume=True, progress=False) == final
+    assert json.loads((parts / "per_image.json").read_text()) == json.loads((whole / "per_image.json").read_text())
+    assert json.loads((whole / "per_image.json").read_text())["iteration"] == 6
     a = torch.load(whole / "model_final.pth", weights_only=True)["model"]
     b = torch.load(parts / "model_final.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

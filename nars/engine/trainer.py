@@ -59,7 +59,7 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.yaml"
 START_WEIGHTS_FILE = "start_weights.json"  # what MODEL.WEIGHTS gave the run: loaded or inherited, and how much
 EVAL_FILE = "eval.json"
-PER_IMAGE_FILE = "per_image.json"  # the final evaluation's segm AP per validation image (the delivered weights)
+PER_IMAGE_FILE = "per_image.json"  # the last evaluation's segm AP per validation image (a rung's, or the end's)
 LOG_PERIOD = 20
 _SHORT = {"loss_classifier": "cls", "loss_box_reg": "box", "loss_mask": "mask", "loss_objectness": "obj",
           "loss_rpn_box_reg": "rpn"}
@@ -237,9 +237,10 @@ class Trainer:
             path = self.run.checkpointer.save(name, checkpoint)
             logger.info("saved %s", path)
 
-    def evaluate(self, iteration: int, final: bool = False) -> Metrics | None:
-        """COCO AP of the model (and its EMA copy); ``final``: also the delivered weights' segm AP
-        per image into ``per_image.json``, so that two runs on the same images pair up."""
+    def evaluate(self, iteration: int, last: bool = False) -> Metrics | None:
+        """COCO AP of the model (and its EMA copy); ``last`` (the evaluation this training ends
+        with: its end, or a rung it stops at): also the recipe's weights' segm AP per image into
+        ``per_image.json`` with the iteration, so that two runs on the same images pair up there."""
         run = self.run
         if run.test_set is None:
             return None
@@ -251,9 +252,10 @@ class Trainer:
             with run.ema.applied_to(self.module):
                 ema = inference_on_dataset(self.module, loader, evaluator, run.device)
             result = Evaluation(with_ema(result.metrics, ema.metrics), result.images, result.seconds)
-        if final and comm.is_main_process():  # the evaluator holds the last weights scored: the recipe's
+        if last and comm.is_main_process():  # the evaluator holds the last weights scored: the recipe's
             per_image = {str(k): v for k, v in evaluator.per_image("segm").items()}
-            atomic_write_text(run.out_dir / PER_IMAGE_FILE, json.dumps({"segm_AP": per_image}) + "\n", "per-image AP")
+            atomic_write_text(run.out_dir / PER_IMAGE_FILE, json.dumps({"iteration": iteration + 1, "segm_AP": per_image})
+                              + "\n", "per-image AP")
         self._report(iteration, result)
         return result.metrics
 
@@ -309,10 +311,10 @@ class Trainer:
         if end < self.max_iter:
             if run.start_iter < end and end % solver["CHECKPOINT_PERIOD"]:
                 self.save(periodic_name(end - 1), end - 1)
-            return self.evaluate(end - 1)
+            return self.evaluate(end - 1, last=True)
         if run.start_iter < self.max_iter:
             self.save(FINAL, self.max_iter - 1)
-        metrics = self.evaluate(self.max_iter - 1, final=True)
+        metrics = self.evaluate(self.max_iter - 1, last=True)
         if metrics is not None and comm.is_main_process():
             atomic_write_text(run.out_dir / EVAL_FILE, json.dumps(metrics, indent=2) + "\n", "the final evaluation")
         comm.barrier()

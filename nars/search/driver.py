@@ -30,11 +30,12 @@ from nars.search.budget import scale_schedule, stage_iterations
 from nars.search.cluster import check_reachable, ray_session, storage_path
 from nars.search.evolution import evolve
 from nars.search.fronts import seed_offset, tuned_parent
+from nars.search.paired import per_image_at
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import (METRIC, as_sample, by_measurement, distinct, fit_predictor, measured, predictor_gate,
                                 pretrained_encoder, propose, zero_shot_encoder)
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
-from nars.search.halving import milestones, rung_gate, survivors
+from nars.search.halving import milestones, rung_gate, survivors, versus_leader
 from nars.search.tensorboard_log import SUPERNET_DIR, log_run
 from nars.search.trials import TrialSpec, run_trials
 from nars.search.warm_start import FINGERPRINT_KEY, fingerprint, warm_results
@@ -250,8 +251,14 @@ class Search:
             now = {t["id"]: t for t in self.store.trials(stage="stage1", round=round_index)}
             rung = [now[i] for i in alive if now[i]["status"] != "failed"]
             if k >= len(decided):
+                paired = None
+                if es.get("wilcoxon_p") is not None:  # absent: a run begun before paired halving
+                    paired = versus_leader(rung, {t["id"]: per_image_at(t["checkpoint"], t["reached"])
+                                                  if t["checkpoint"] else None for t in rung})
+                    self._store_paired(round_index, k, paired)
                 halving = self.store.get_meta("halving", {})
-                halving.setdefault(str(round_index), []).append(survivors(rung, es["reduction_factor"]))
+                halving.setdefault(str(round_index), []).append(
+                    survivors(rung, es["reduction_factor"], paired, es.get("wilcoxon_p")))
                 self.store.set_meta("halving", halving)
                 decided = halving[str(round_index)]
             alive = decided[k]
@@ -259,6 +266,19 @@ class Search:
                 if t["id"] not in alive and t["status"] == "pending":
                     self.store.finish(t["id"], "pruned", t["metrics"], wall_time=t["wall_time"])
             log_run(self.run_dir)  # the pruned trials, in TensorBoard
+
+    def _store_paired(self, round_index: int, k: int, paired: Mapping[str, Any]) -> None:
+        """A rung's per-image comparisons with its leader (meta ``halving_paired``), stored with
+        the decision they feed, for the report."""
+        stored = self.store.get_meta("halving_paired", {})
+        rungs = stored.setdefault(str(round_index), [])
+        del rungs[k:]
+        rungs.append(paired)
+        self.store.set_meta("halving_paired", stored)
+        for tid, d in paired.items():
+            if d is not None:
+                logger.info("round %d rung %d: %s against the leader, per image %+.4f [%+.4f, %+.4f], Wilcoxon p %.3f",
+                            round_index, k + 1, tid, d["mean"], d["ci"][0], d["ci"][1], d["p"])
 
     def rungs(self, round_index: int, rungs: list[int]) -> list[int]:
         """The round's rungs that decide (``halving.rung_gate`` over earlier rounds' trials), then

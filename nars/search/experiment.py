@@ -60,8 +60,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
         "local": 0.33,
         # synchronous successive halving (nars.search.halving): rungs at grace_period * rf**k; a
         # rung decides only once earlier rounds' trials showed its Kendall tau against stage 1's
-        # end is at least min_tau (null: every rung decides, unchecked)
-        "early_stop": {"grace_period": 50, "reduction_factor": 2, "min_tau": 0.8},
+        # end is at least min_tau (null: every rung decides, unchecked). wilcoxon_p: a deciding
+        # rung also compares its trials with its leader image by image, and stops one outside the
+        # best 1/rf only when it is worse there at Wilcoxon p below this (null: ranked by AP only)
+        "early_stop": {"grace_period": 50, "reduction_factor": 2, "min_tau": 0.8, "wilcoxon_p": None},
         "pretrain_samples": 2048,
         # earlier run folders on the same space, setup and dataset whose measured trials feed the
         # predictor from round 0 (nars.search.warm_start); relative to the folder the search starts in
@@ -109,7 +111,7 @@ EXPERIMENT_SCHEMA = Schema(
     EXPERIMENT_DEFAULTS,
     {"constraints.max_mflops": NONE_FLOAT, "constraints.max_params": NONE_FLOAT,
      "constraints.max_latency_ms": NONE_FLOAT, "stage1.early_stop.min_tau": NONE_FLOAT,
-     "verify.min_tau": NONE_FLOAT, "config": (dict,)},
+     "stage1.early_stop.wilcoxon_p": NONE_FLOAT, "verify.min_tau": NONE_FLOAT, "config": (dict,)},
     kind="experiment",
 )
 
@@ -168,6 +170,9 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     for key, tau in (("stage1.early_stop.min_tau", early["min_tau"]), ("verify.min_tau", exp["verify"]["min_tau"])):
         if tau is not None and not -1.0 <= tau <= 1.0:
             raise UserError(f"{path}: {key} must be in [-1, 1] (a Kendall tau) or null, got {tau}")
+    if early["wilcoxon_p"] is not None and not 0.0 < early["wilcoxon_p"] <= 1.0:
+        raise UserError(f"{path}: stage1.early_stop.wilcoxon_p must be in (0, 1] (a p-value) or null, "
+                        f"got {early['wilcoxon_p']}")
     return exp
 
 

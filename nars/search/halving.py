@@ -7,6 +7,12 @@ at stage 1's short budgets where many are 0, are ranked by the training loss log
 then kept in the round's order. Unlike ASHA, which decides as reports arrive, nothing depends on which trial
 finishes first, so the same results give the same decisions at any concurrency, on any cluster.
 
+With ``stage1.early_stop.wilcoxon_p`` a rung also compares its trials image by image (each
+rung's evaluation writes its per-image segm AP; ``nars.search.paired``), as Optuna's
+WilcoxonPruner does: a trial outside the best ``1/rf`` is stopped only when it is worse than the
+rung's leader on the same validation images at Wilcoxon p below that level. A short trial's
+dataset AP is noisy; a trial the paired test cannot tell from the leader goes on.
+
 A rung decides only once the run has shown it can (``rung_gate``): FBNetV3 chose its
 early-stopping budget so that the short-vs-full rank correlation reached 0.92. Each round's
 rungs are checked against the trials of earlier rounds that reached both the rung and stage
@@ -18,6 +24,8 @@ from __future__ import annotations
 
 import math
 from typing import Any, Mapping, Sequence
+
+from nars.search.paired import paired_images
 
 METRIC = "segm_AP"
 MIN_PAIRS = 3  # Kendall's tau of fewer pairs says nothing (two points: always +-1)
@@ -32,16 +40,40 @@ def milestones(grace_period: int, reduction_factor: int, max_t: int) -> list[int
     return rungs + [max_t]
 
 
-def survivors(trials: Sequence[Mapping[str, Any]], reduction_factor: int) -> list[str]:
-    """Ids of the rung's trials that go on: the best ``ceil(n / reduction_factor)`` by their
-    metrics at the rung, segm AP then lower loss (a stable ranking: full ties keep the order given)."""
+def ranked(trials: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Indices of the rung's trials, best first: segm AP, then lower loss (a stable ranking: full
+    ties keep the order given)."""
     def rank(i: int) -> tuple[float, float]:
         m = trials[i]["metrics"] or {}
         return -m.get(METRIC, 0.0), m.get("loss", math.inf)
 
-    keep = math.ceil(len(trials) / reduction_factor)
-    ranked = sorted(range(len(trials)), key=rank)
-    chosen = set(ranked[:keep])
+    return sorted(range(len(trials)), key=rank)
+
+
+def versus_leader(trials: Sequence[Mapping[str, Any]],
+                  per_image: Mapping[str, Mapping[str, float] | None]) -> dict[str, dict[str, Any] | None]:
+    """Each of the rung's other trials against its leader (``ranked`` first), image by image
+    (``paired.paired_images``: mean difference, interval, Wilcoxon p); None where a trial has
+    no per-image results at the rung or too few images in common."""
+    order = ranked(trials)
+    leader = per_image.get(trials[order[0]]["id"]) if order else None
+    return {trials[i]["id"]: paired_images(per_image.get(trials[i]["id"]) or {}, leader) if leader else None
+            for i in order[1:]}
+
+
+def survivors(trials: Sequence[Mapping[str, Any]], reduction_factor: int,
+              paired: Mapping[str, Mapping[str, Any] | None] | None = None, max_p: float | None = None) -> list[str]:
+    """Ids of the rung's trials that go on: the best ``ceil(n / reduction_factor)`` (``ranked``);
+    with ``paired`` (``versus_leader``) and ``max_p``, also every other trial whose comparison
+    does not show it worse than the leader (worse on average at Wilcoxon p < ``max_p``). A trial
+    without a comparison is ranked only."""
+    order = ranked(trials)
+    chosen = set(order[: math.ceil(len(trials) / reduction_factor)])
+    if paired is not None and max_p is not None:
+        for i in order:
+            d = paired.get(trials[i]["id"])
+            if d is not None and not (d["mean"] < 0 and d["p"] < max_p):
+                chosen.add(i)
     return [t["id"] for i, t in enumerate(trials) if i in chosen]
 
 

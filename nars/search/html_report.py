@@ -190,6 +190,23 @@ def _verify_gate(gate: Mapping[str, Any] | None) -> str:
     return f"<p>Verification trained {_e(what)}: {_e(why)}.</p>"
 
 
+def _paired_halving(paired: Mapping[str, list[Mapping[str, Any]]], halving: Mapping[str, list[list[str]]],
+                    max_p: float | None) -> str:
+    """Each deciding rung's per-image comparisons with its leader (meta ``halving_paired``) and
+    what became of each trial (meta ``halving``)."""
+    rows = [(int(r) + 1, k + 1, _e(tid), "-" if d is None else
+             f"{d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}]", "-" if d is None else f"{d['p']:.3f}",
+             "went on" if tid in halving[r][k] else "stopped")
+            for r, rungs in sorted(paired.items(), key=lambda kv: int(kv[0])) for k, rung in enumerate(rungs)
+            if k < len(halving.get(r, [])) for tid, d in rung.items()]
+    if not rows or max_p is None:
+        return ""
+    return (f"<p>Each deciding rung compared its trials with its leader image by image: a trial outside the best "
+            f"1/rf stopped only when worse there at Wilcoxon p &lt; {max_p:g} (stage1.early_stop.wilcoxon_p).</p>"
+            + _table(("round", "rung", "trial", "per-image difference from the leader [95% CI]", "p", "then"),
+                     rows, {0, 1, 4}))
+
+
 def _fidelity(trials: Sequence[dict[str, Any]], gate: Mapping[str, list[dict[str, Any]]], min_tau: float | None) -> str:
     """This run's own rung fidelity (``halving.rung_pairs``): Kendall's tau of each rung's AP
     against the AP the same trials reached later; and, per round, whether each rung decided
@@ -351,6 +368,7 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
         zero_shot = store.get_meta("zero_shot") or []
         gate = store.get_meta("rung_gate") or {}
         verify_gate = store.get_meta("verify_gate")
+        halving, halving_paired = store.get_meta("halving") or {}, store.get_meta("halving_paired") or {}
     finally:
         store.close()
     counts = Counter(t["status"] for t in trials)
@@ -374,7 +392,9 @@ def build(run_dir: Path, refresh_s: int = REFRESH_S) -> tuple[str, dict[str, Any
     curves_html = _img(_curves_png(curved), "stage 1 learning curves") if curved else \
         '<p class="muted">No stage-1 trial has reported yet.</p>'
     pairs, tau = _fit(trials, predicted)
-    fidelity_html = _fidelity(trials, gate, experiment.get("stage1", {}).get("early_stop", {}).get("min_tau"))
+    early_stop = experiment.get("stage1", {}).get("early_stop", {})
+    fidelity_html = (_fidelity(trials, gate, early_stop.get("min_tau"))
+                     + _paired_halving(halving_paired, halving, early_stop.get("wilcoxon_p")))
     fit_html = (f'<div class="plots">{_img(_fit_png(pairs), "predicted against measured segm AP")}</div>'
                 if pairs else "") + f"<p>{_e(tau)}</p>" + _verify_gate(verify_gate)
 

@@ -5,7 +5,8 @@ random numbers), so a candidate and the reference pair up per image: the paired 
 separate them with far fewer images than their two dataset APs can, and say how sure the
 comparison is (a bootstrap interval and Wilcoxon's signed-rank test, as Optuna's
 WilcoxonPruner compares trials). Each trial's final evaluation writes its segm AP per image
-(``nars.engine.trainer.PER_IMAGE_FILE``).
+(``nars.engine.trainer.PER_IMAGE_FILE``), and so does the evaluation at each rung a trial stops
+at, so successive halving can compare a rung's trials the same way.
 """
 
 from __future__ import annotations
@@ -23,10 +24,23 @@ MIN_IMAGES = 5  # fewer paired images say nothing
 
 def per_image(trial_dir: Path) -> dict[str, float] | None:
     """A finished trial's segm AP per validation image (None when it has none recorded)."""
-    path = Path(trial_dir) / PER_IMAGE_FILE
     try:
-        return json.loads(path.read_text())["segm_AP"]
+        return json.loads((Path(trial_dir) / PER_IMAGE_FILE).read_text())["segm_AP"]
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def per_image_at(checkpoint: str, iteration: int) -> dict[str, float] | None:
+    """A trial's segm AP per validation image at the rung ``iteration`` it stopped at, read from
+    its checkpoint (a path, or a URI in Ray's storage); None when it has none for that rung."""
+    from nars.search.trials import open_checkpoint
+
+    ckpt = open_checkpoint(checkpoint)
+    try:
+        with ckpt.filesystem.open_input_stream(f"{ckpt.path}/{PER_IMAGE_FILE}") as f:
+            data = json.loads(f.read())
+        return data["segm_AP"] if data.get("iteration") == iteration else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
