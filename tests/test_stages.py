@@ -173,3 +173,45 @@ def test_propose_gives_its_local_share_to_the_incumbents_neighbours(setting):
     assert len(later) == 4 and not {s.id for s in later} & tried
     assert propose(space, 0, 4, results=[], tried=set(), incumbent=incumbent, local=0.0, **common) == \
         propose(space, 0, 4, results=[], tried=set(), **common)
+
+
+def _measure_by_cost(space):
+    """A stand-in for zero-shot evaluation: segm AP that grows with the sub-network's MFLOPs."""
+    from nars.supernet.subnets import complete, subnet_id
+
+    base = space.references["FBNetV3_A_dsmask"]
+
+    def measure(archs):
+        out = []
+        for a in archs:
+            mflops, params = space.cost(complete(space, a, base))
+            out.append({"id": subnet_id(a), "choices": a, "mflops": mflops, "params": params,
+                        "segm_AP": 0.01 * math.log(mflops)})
+        return out
+    return measure, base
+
+
+def test_zero_shot_search_spends_its_later_rounds_where_the_predictor_expects_the_best(setting):
+    """supernet.rounds: round 0 at random (rounds 1 is exactly the old random sample), later
+    rounds the predictor's picks; distinct, inside the limits, deterministic, resumable per round."""
+    from nars.search.stage1 import zero_shot_search
+    from nars.supernet.subnets import sample_archs
+
+    space, encoder, _, _ = setting
+    measure, base = _measure_by_cost(space)
+    limits = {k: LIMITS[k] for k in ("max_mflops", "max_params")}
+    kwargs = dict(samples=12, seed=5, base=base, encoder=encoder, constraints=limits, pool_size=256, explore=0.25)
+    random_only = zero_shot_search(space, measure, rounds=1, **kwargs)
+    assert [r["choices"] for r in random_only] == sample_archs(space, 12, 5, constraints=limits)
+    stored: list = []
+    records = zero_shot_search(space, measure, rounds=3, on_round=lambda rounds: stored.append(len(rounds)), **kwargs)
+    assert stored == [1, 2, 3] and len(records) == 12 and len({r["id"] for r in records}) == 12
+    assert all(r["mflops"] <= limits["max_mflops"] and r["params"] <= limits["max_params"] for r in records)
+    first, later = records[:4], records[4:]
+    assert np.mean([r["segm_AP"] for r in later]) > np.mean([r["segm_AP"] for r in first])
+    assert max(r["segm_AP"] for r in records) >= max(r["segm_AP"] for r in random_only)
+    rounds_so_far: list = []
+    zero_shot_search(space, measure, rounds=3, on_round=lambda rounds: rounds_so_far.append([list(r) for r in rounds]),
+                     **kwargs)
+    resumed = zero_shot_search(space, measure, rounds=3, done=rounds_so_far[0], **kwargs)  # after round 0
+    assert resumed == records

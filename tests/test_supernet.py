@@ -278,14 +278,14 @@ def test_the_commands_train_interrupt_resume_evaluate_and_extract(tmp_path):
 
 def test_a_search_with_the_supernet_fidelity(tmp_path):
     """stage1.fidelity supernet: the run trains its supernet, stores the zero-shot results of
-    the sampled sub-networks before using them, pretrains the predictor on them, and its
+    the sub-networks it measured (two rounds: random, then the predictor's) before using them, pretrains the predictor on them, and its
     stage-1 trials search recipes on the best zero-shot architectures from the supernet's
     weights; verification starts from the parent as before."""
     from nars.search.driver import search
     from nars.search.store import open_run
 
     shutil.copy(DATA / "tiny_search.yaml", tmp_path / "tiny.yaml")
-    overrides = ["stage1.fidelity", "supernet", "stage1.rounds", "1", "supernet.samples", "4",
+    overrides = ["stage1.fidelity", "supernet", "stage1.rounds", "1", "supernet.samples", "4", "supernet.rounds", "2",
                  "stage1.local", "0", *TINY]  # every stage-1 trial from the zero-shot ranking (no local search)
     import os
 
@@ -297,11 +297,12 @@ def test_a_search_with_the_supernet_fidelity(tmp_path):
         os.chdir(cwd)
     store = open_run(run)
     try:
-        zero = store.get_meta("zero_shot")
+        zero, rounds = store.get_meta("zero_shot"), store.get_meta("zero_shot_rounds")
         trials = store.trials()
     finally:
         store.close()
     assert len(zero) == 4 and all(set(z) >= {"id", "choices", "mflops", "segm_AP"} for z in zero)
+    assert [len(r) for r in rounds] == [2, 2] and rounds[0] + rounds[1] == zero  # random, then the predictor's picks
     assert (run / "supernet" / "model_final.pth").is_file()
     best = [z["choices"] for z in sorted(zero, key=lambda z: -z["segm_AP"])]
     stage1 = [t for t in trials if t["stage"] == "stage1"]

@@ -33,7 +33,7 @@ from nars.search.fronts import seed_offset, tuned_parent
 from nars.search.paired import per_image_at
 from nars.search.experiment import load_experiment, uses_latency
 from nars.search.stage1 import (METRIC, as_sample, by_measurement, distinct, fit_predictor, measured, predictor_gate,
-                                pretrained_encoder, propose, zero_shot_encoder)
+                                pretrained_encoder, propose, zero_shot_encoder, zero_shot_search)
 from nars.search.store import FINAL, LOCK_FILE, STORE_FILE, RunLock, RunStore, open_run
 from nars.search.halving import milestones, rung_gate, survivors, versus_leader
 from nars.search.tensorboard_log import SUPERNET_DIR, log_run
@@ -177,8 +177,9 @@ class Search:
     def supernet_stage(self) -> None:
         """``stage1.fidelity supernet``: train the supernet in ``RUN/supernet`` (resumable),
         then measure ``supernet.samples`` sub-networks of the constrained space zero-shot, as
-        Ray tasks; stored before anything uses them."""
-        from nars.supernet.subnets import sample_archs
+        Ray tasks, in ``supernet.rounds`` (``stage1.zero_shot_search``: random, then the
+        predictor's picks); each round is stored (meta ``zero_shot_rounds``) before the next
+        is chosen, and all of them (meta ``zero_shot``) before anything else uses them."""
         from nars.supernet.train import train_supernet
         from nars.supernet.zero_shot import evaluate_archs
 
@@ -187,9 +188,14 @@ class Search:
         net, net_dir = self.supernet(), self.run_dir / SUPERNET_DIR
         if not (net_dir / FINAL_WEIGHTS).is_file():
             train_supernet(net, net_dir, resume=net_dir.is_dir(), progress=self.progress)
-        limits = {k: self.exp["constraints"][k] for k in ("max_mflops", "max_params")}
-        archs = sample_archs(self.space, self.exp["supernet"]["samples"], self.exp["seed"], constraints=limits)
-        records = evaluate_archs(net_dir, archs, progress=self.progress, net=net)
+        sn, s1 = self.exp["supernet"], self.exp["stage1"]
+        records = zero_shot_search(
+            self.space, lambda archs: evaluate_archs(net_dir, archs, progress=self.progress, net=net),
+            samples=sn["samples"], rounds=sn["rounds"], seed=self.exp["seed"], base=net.base,
+            encoder=pretrained_encoder(self.space, s1["pretrain_samples"], self.exp["seed"]) if sn["rounds"] > 1 else None,
+            constraints={k: self.exp["constraints"][k] for k in ("max_mflops", "max_params")},
+            pool_size=s1["pool_size"], explore=s1["explore"], done=self.store.get_meta("zero_shot_rounds", []),
+            on_round=lambda rounds: self.store.set_meta("zero_shot_rounds", rounds))
         self.store.set_meta("zero_shot", records)
 
     def trial_config(self, candidate: Mapping[str, Any], stage: str, seed_offset: int = 0) -> dict[str, Any]:

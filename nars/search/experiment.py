@@ -80,9 +80,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # weight (0: ground truth only; BENCHMARKS.md "Supernet": anchor on and distillation off
     # ranked sub-networks best), iterations between channel re-sorts, checkpoints; zero-shot
     # evaluation: batch-norm recalibration images and, for stage1.fidelity supernet, the number
-    # of sub-networks measured
+    # of sub-networks measured, in rounds (1: all at random; more: random first, then each
+    # round the predictor's picks from what the earlier ones measured)
     "supernet": {"max_iter": 400, "k": 2, "anchor": True, "distill": 0.0, "sort_period": 100, "checkpoint_period": 50,
-                 "calibration_images": 32, "samples": 128},
+                 "calibration_images": 32, "samples": 128, "rounds": 1},
     # objective: the cost the predicted front trades segm AP against (mflops or latency);
     # optimizer: nsga2 (numpy NSGA-II, nars.search.evolution) or a nevergrad name (DE, TwoPointsDE...)
     "stage2": {"optimizer": "nsga2", "budget": 20000, "batch_size": 1024, "use_params": False, "objective": "mflops"},
@@ -154,7 +155,8 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     if not all(isinstance(run, str) and run for run in warm):
         raise UserError(f"{path}: stage1.warm_start is a list of run folders, got {warm!r}")
     for key, minimum in (("supernet.max_iter", 1), ("supernet.k", 0), ("supernet.sort_period", 0),
-                         ("supernet.checkpoint_period", 1), ("supernet.calibration_images", 1), ("supernet.samples", 1)):
+                         ("supernet.checkpoint_period", 1), ("supernet.calibration_images", 1), ("supernet.samples", 1),
+                         ("supernet.rounds", 1)):
         section, name = key.split(".")
         if exp[section][name] < minimum:
             raise UserError(f"{path}: {key} must be >= {minimum}, got {exp[section][name]}")

@@ -17,11 +17,12 @@ exploration.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import math
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from nars.supernet.subnets import complete
+from nars.supernet.subnets import complete, sample_archs, subnet_id
 from nars.search.halving import MIN_PAIRS, kendall_tau
 from predictor import MLPPredictor, ProxyEncoder, out_of_fold, pretrain_encoder, proxy_data
 from search_spaces import SearchSpace, sample
@@ -137,14 +138,54 @@ def _global(space: SearchSpace, round_index: int, n: int, *, seed: int, limits: 
             pool = [_with_arch(space, s.candidate, a) for s, a in zip(pool, archs)]
         return [s for s in pool if s.id not in tried][:n]
     pool = [s for s in sample(space, pool_size, method="uniform", seed=seed + round_index, **limits) if s.id not in tried]
+    return [pool[i] for i in _predicted_picks(space, encoder, results, seed, [s.candidate for s in pool], n, explore)]
+
+
+def _predicted_picks(space: SearchSpace, encoder: ProxyEncoder, results: Sequence[Mapping[str, Any]], seed: int,
+                     pool: Sequence[Mapping[str, Any]], n: int, explore: float) -> list[int]:
+    """Indices of ``pool``'s ``n`` picks by the predictor fitted on ``results``: the best
+    predicted, then an ``explore`` share of the ones it is least sure of (the ensemble's spread)."""
     model = fit_predictor(space, encoder, results, seed)
-    mean, std = model.predict(space.encode([s.candidate for s in pool]), return_std=True)
+    mean, std = model.predict(space.encode(pool), return_std=True)
     mean, std = np.asarray(mean).reshape(-1), np.asarray(std).reshape(-1)
     n_explore = int(round(explore * n))
     chosen = list(np.argsort(-mean, kind="stable")[: n - n_explore])
     rest = [i for i in np.argsort(-std, kind="stable") if i not in set(chosen)]
-    chosen += rest[:n_explore]
-    return [pool[i] for i in chosen]
+    return chosen + rest[:n_explore]
+
+
+def zero_shot_search(space: SearchSpace, measure: Callable[[list[dict[str, Any]]], list[dict[str, Any]]], *,
+                     samples: int, rounds: int, seed: int, base: Mapping[str, Any], encoder: ProxyEncoder | None,
+                     constraints: Mapping[str, float | None], pool_size: int, explore: float,
+                     done: Sequence[Sequence[Mapping[str, Any]]] = (),
+                     on_round: Callable[[list[list[dict[str, Any]]]], None] | None = None) -> list[dict[str, Any]]:
+    """The supernet's architectures measured zero-shot (``measure``: architectures to their
+    records, in order), ``samples`` of them in ``rounds``: round 0 draws at random inside the
+    constraints, each later round fits the predictor on the zero-shot APs so far (each
+    architecture with ``base``'s recipe) and measures its picks from a random constrained pool
+    of ``pool_size`` (``_predicted_picks``): zero-shot measurements are cheap enough for the
+    search to spend most of them where the good architectures are. ``done``: rounds already
+    measured (a resumed run); ``on_round`` gets every round so far after each one, to store
+    it. Deterministic per seed and records."""
+    rounds_done = [list(r) for r in done]
+    per_round = math.ceil(samples / rounds)
+    for r in range(len(rounds_done), rounds):
+        records = [x for rnd in rounds_done for x in rnd]
+        n = min(per_round, samples - len(records))
+        if n <= 0:
+            break
+        tried = {x["id"] for x in records}
+        pool = [a for a in sample_archs(space, pool_size if records else n + len(tried), seed + r, constraints=constraints)
+                if subnet_id(a) not in tried]
+        if records:
+            results = [{"candidate": complete(space, x["choices"], base), "metrics": {METRIC: x["segm_AP"]}}
+                       for x in records]
+            pool = [pool[i] for i in _predicted_picks(space, encoder, results, seed,
+                                                      [complete(space, a, base) for a in pool], n, explore)]
+        rounds_done.append(measure(pool[:n]))
+        if on_round is not None:
+            on_round(rounds_done)
+    return [x for rnd in rounds_done for x in rnd]
 
 
 def _with_arch(space: SearchSpace, candidate: Mapping[str, Any], arch: Mapping[str, Any]) -> Sample:
