@@ -39,15 +39,11 @@ from nars.search.experiment import resolve_experiment_path  # noqa: E402
 from nars.search.export import pick  # noqa: E402
 from nars.search.fronts import tuned_parent  # noqa: E402
 from nars.search.stage1 import METRIC  # noqa: E402
-from nars.search.store import STORE_FILE, RunStore  # noqa: E402
+from nars.search.store import STORE_FILE, read_trials  # noqa: E402
 
 
 def summarize(run: Path, seed: int) -> dict[str, Any]:
-    store = RunStore(run / STORE_FILE, readonly=True)
-    try:
-        trials = store.trials()
-    finally:
-        store.close()
+    trials = read_trials(run)
     winner = pick(trials, None, None)
     tuned = tuned_parent(trials)
     reference = next(t for t in trials if t["stage"] == "reference")

@@ -316,6 +316,15 @@ def measured_trials(run_dir: str | Path) -> pd.DataFrame:
     return trials[trials["status"].isin(["done", "pruned"])] if "status" in trials else trials
 
 
+def read_trials(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every trial of a run folder (``open_run``'s checks), the store closed again."""
+    store = open_run(run_dir)
+    try:
+        return store.trials()
+    finally:
+        store.close()
+
+
 def load_run(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """A run as DataFrames: ``trials`` (one row per trial, final metrics as columns),
     ``history`` (one row per intermediate report) and ``meta``."""
