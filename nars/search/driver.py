@@ -189,10 +189,11 @@ class Search:
         if not (net_dir / FINAL_WEIGHTS).is_file():
             train_supernet(net, net_dir, resume=net_dir.is_dir(), progress=self.progress)
         sn, s1 = self.exp["supernet"], self.exp["stage1"]
+        rounds = sn.get("rounds", 1)  # absent: a run begun before the rounds, all at random
         records = zero_shot_search(
             self.space, lambda archs: evaluate_archs(net_dir, archs, progress=self.progress, net=net),
-            samples=sn["samples"], rounds=sn["rounds"], seed=self.exp["seed"], base=net.base,
-            encoder=pretrained_encoder(self.space, s1["pretrain_samples"], self.exp["seed"]) if sn["rounds"] > 1 else None,
+            samples=sn["samples"], rounds=rounds, seed=self.exp["seed"], base=net.base,
+            encoder=pretrained_encoder(self.space, s1["pretrain_samples"], self.exp["seed"]) if rounds > 1 else None,
             constraints={k: self.exp["constraints"][k] for k in ("max_mflops", "max_params")},
             pool_size=s1["pool_size"], explore=s1["explore"], done=self.store.get_meta("zero_shot_rounds", []),
             on_round=lambda rounds: self.store.set_meta("zero_shot_rounds", rounds))
