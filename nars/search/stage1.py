@@ -175,7 +175,7 @@ def zero_shot_search(space: SearchSpace, measure: Callable[[list[dict[str, Any]]
         if n <= 0:
             break
         tried = {x["id"] for x in records}
-        pool = [a for a in sample_archs(space, pool_size if records else n + len(tried), seed + r, constraints=constraints)
+        pool = [a for a in sample_archs(space, pool_size if records else n, seed + r, constraints=constraints)
                 if subnet_id(a) not in tried]
         if records:
             results = [{"candidate": complete(space, x["choices"], base), "metrics": {METRIC: x["segm_AP"]}}
