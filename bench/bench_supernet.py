@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_supernet.py standalone --work DIR [--n 24] [--iters 320] [--seeds-spread 4]
     .venv/bin/python bench/bench_supernet.py stage1-cost --work DIR [--iters 320]
+    .venv/bin/python bench/bench_supernet.py trials --work DIR [--budget stage1|verify]
 
 Run it with one thread (``OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE``; the script also calls
 ``torch.set_num_threads(1)``), as the search's trials train (``ray.cpus_per_trial: 1``).
@@ -38,6 +39,12 @@ Phases (each resumable: rerun the same command to continue):
     (seconds per trial, trials per CPU-hour on 1 thread). Then the parent's own architecture
     fine-tuned for ``--iters`` -> ``DIR/parent_cost.json`` ("one parent fine-tuning": the
     denominator of "supernet training time vs one parent fine-tuning").
+
+``trials [--budget stage1|verify]``
+    The fidelity the supernet replaces: every chosen sub-network measured as a search without
+    a supernet measures it (a stage-1 trial through its rungs, or a verification trial) ->
+    ``DIR/trials_BUDGET.jsonl`` and ``DIR/fidelity_trial_BUDGET.json``, which ``compare``
+    ranks against the reference beside the supernets.
 
 ``zeroshot --supernet DIR [--label L]``
     The zero-shot AP of every chosen sub-network from a trained supernet (``nars supernet
@@ -426,14 +433,48 @@ def stage1_cost(args: argparse.Namespace) -> None:
         f"{row['s_per_iter']:.3f} s per iteration (segm AP {row['segm_AP']:.2f})")
 
 
+def trials(args: argparse.Namespace) -> None:
+    """The fidelity the supernet replaces: every chosen sub-network measured as the search
+    measures a candidate without a supernet (``--budget stage1``: a stage-1 trial through its
+    rungs; ``verify``: a verification trial), one row each in ``DIR/trials_BUDGET.jsonl``
+    (resumable), then ``DIR/fidelity_trial_BUDGET.json`` in zeroshot's row format, so that
+    ``compare`` pairs its Kendall tau with a supernet's on the same sub-networks."""
+    work = Path(args.work).resolve()
+    job = search_job(experiment(), work)
+    subnets = load_subnets(work)
+    path = work / f"trials_{args.budget}.jsonl"
+    done = {json.loads(line)["id"] for line in path.read_text().splitlines()} if path.is_file() else set()
+    for k, i in enumerate(spread_order(len(subnets)), 1):
+        s = subnets[i]
+        if s["id"] in done:
+            continue
+        arch, out = pinned(job.space, s["arch"]), work / "runs" / f"{args.budget}-{s['id']}"
+        if args.budget == "stage1":
+            t = stage1_trial(job, arch, out)
+            row = {"segm_AP": t["segm_AP_at_rungs"][-1], "seconds": t["seconds"]}
+        else:
+            cfg = job.trial_config(complete(job.space, arch, reference(job)), "verify")
+            t = run_one(cfg, out, keep_checkpoints=False)
+            shutil.rmtree(out)
+            row = {"segm_AP": t["segm_AP"], "bbox_AP": t["bbox_AP"], "seconds": t["seconds"]}
+        append_row(path, {"id": s["id"], "mflops": s["mflops"], **row})
+        log(f"{k}/{len(subnets)} {s['id']} ({s['mflops']:.0f} MFLOPs): {args.budget} trial segm AP "
+            f"{row['segm_AP']:.4f}, {row['seconds']:.0f} s")
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    out = {"label": f"trial_{args.budget}", "n": len(rows), "rows": rows,
+           "seconds_median": float(np.median([r["seconds"] for r in rows]))}
+    atomic_write_text(work / f"fidelity_trial_{args.budget}.json", json.dumps(out, indent=1) + "\n")
+    log(f"{len(rows)} {args.budget} trials, median {out['seconds_median']:.0f} s; compare --labels trial_{args.budget} ...")
+
+
 # -- the supernet against the reference --------------------------------------------------------
 
-def fixed_values(space: SearchSpace) -> dict[str, Any]:
-    """The space's fixed parameters and their values. The chosen sub-networks were drawn from
-    an earlier version of the space, which let the box head's later kernels be 5: on the 2x2
-    map of box.pooler 4 that computes what the pinned 3 does (identical training losses), so
-    a sub-network's reference stands for its pinned architecture."""
-    return {p.name: p.fixed for p in space.params if p.kind == "fixed"}
+def pinned(space: SearchSpace, arch: Mapping[str, Any]) -> dict[str, Any]:
+    """``arch`` with the space's fixed parameters at their values. The chosen sub-networks were
+    drawn from an earlier version of the space, which let the box head's later kernels be 5:
+    on the 2x2 map of box.pooler 4 that computes what the pinned 3 does (identical training
+    losses), so a sub-network's reference stands for its pinned architecture."""
+    return {**arch, **{p.name: p.fixed for p in space.params if p.kind == "fixed" and p.name in arch}}
 
 
 def zeroshot(args: argparse.Namespace) -> None:
@@ -450,10 +491,9 @@ def zeroshot(args: argparse.Namespace) -> None:
     if args.calibration_images:
         evaluator.images = args.calibration_images  # a part of the cache key
     cache = Cache(net_dir)
-    pinned = fixed_values(evaluator.net.space)
     rows = []
     for k, s in enumerate(subnets):
-        arch = {**s["arch"], **{n: v for n, v in pinned.items() if n in s["arch"]}}
+        arch = pinned(evaluator.net.space, s["arch"])
         key = evaluator.key(arch)
         if key not in cache.entries:
             cache.put(key, evaluator.evaluate(arch))
@@ -592,6 +632,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--work", required=True)
     c.add_argument("--iters", type=int, default=320, help="iterations of the parent fine-tuning timed (default 320)")
     c.set_defaults(func=stage1_cost)
+    t = sub.add_parser("trials", help="every chosen sub-network measured by a stage-1 or verification trial "
+                                      "(the fidelity the supernet replaces)")
+    t.add_argument("--work", required=True)
+    t.add_argument("--budget", choices=("stage1", "verify"), default="stage1")
+    t.set_defaults(func=trials)
     z = sub.add_parser("zeroshot", help="a trained supernet's zero-shot APs of the chosen sub-networks against the "
                                         "standalone reference (tau, ratios, costs)")
     z.add_argument("--work", required=True)
