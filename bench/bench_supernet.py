@@ -316,7 +316,8 @@ def standalone(args: argparse.Namespace) -> None:
         f"{next((s['mflops'] for s in subnets if s.get('parent')), float('nan')):.0f}); {args.iters} iterations each")
     seed0 = exp["seed"]
     jobs = [(subnets[i], seed0) for i in spread_order(len(subnets))]
-    jobs += [(subnets[i], seed0 + 1) for i in spread_picks(len(subnets), args.seeds_spread)]
+    again = set(spread_picks(len(subnets), args.seeds_spread))
+    jobs += [(subnets[i], seed0 + 1) for i in spread_order(len(subnets)) if i in again]  # a prefix spans the range
     results = work / STANDALONE_FILE
     done = {(r["id"], r["seed"], r["iters"]) for r in load_standalone(work)}
     todo = [(s, seed) for s, seed in jobs if (s["id"], seed, args.iters) not in done]
@@ -325,7 +326,7 @@ def standalone(args: argparse.Namespace) -> None:
     for k, (s, seed) in enumerate(todo, 1):
         if not _claim(work, s["id"], seed, args.iters):  # another worker (a second process) has it
             continue
-        cfg = subnet_config(job, s["arch"], args.iters, seed)
+        cfg = subnet_config(job, pinned(job.space, s["arch"]), args.iters, seed)
         row = run_one(cfg, work / "runs" / f"{s['id']}-s{seed}", args.keep_checkpoints)
         row = {"id": s["id"], "mflops": s["mflops"], "params": s["params"], **row, "iters": args.iters, "seed": seed,
                "parent": bool(s.get("parent"))}
@@ -578,13 +579,22 @@ def _tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(kendalltau(x, y).statistic)
 
 
+def reference_aps(work: Path, which: str) -> dict[str, float]:
+    """Each sub-network's reference segm AP: its seed-0 run (``seed0``), or the mean of its
+    seed-0 and seed-1 runs where it has both (``mean``: half the noise variance)."""
+    seed0, seed1 = ({r["id"]: r["segm_AP"] for r in load_standalone(work, seed=s)} for s in (0, 1))
+    if which == "seed0":
+        return seed0
+    return {i: (seed0[i] + seed1[i]) / 2 for i in seed0 if i in seed1}
+
+
 def compare(args: argparse.Namespace) -> None:
-    """Kendall tau of each ``fidelity_LABEL.json`` against the seed-0 reference with a 95%
+    """Kendall tau of each ``fidelity_LABEL.json`` against the reference (``--reference``) with a 95%
     bootstrap interval over the sub-networks, the paired differences between labels (the same
     resamples), and how well two seeds of the reference itself would agree: simulated from the
     seed spread the seed-1 reruns measured."""
     work = Path(args.work)
-    ref = {r["id"]: r["segm_AP"] for r in load_standalone(work, seed=0)}
+    ref = reference_aps(work, args.reference)
     runs = {label: {r["id"]: r["segm_AP"] for r in json.loads((work / f"fidelity_{label}.json").read_text())["rows"]}
             for label in args.labels}
     ids = sorted(set(ref).intersection(*runs.values()))
@@ -599,22 +609,25 @@ def compare(args: argparse.Namespace) -> None:
         return [round(float(q), 3) for q in np.percentile(v, [2.5, 97.5])]
 
     boot = {label: taus(z) for label, z in runs.items()}
-    out: dict[str, Any] = {"n": len(ids), "resamples": args.resamples, "tau": {}, "differences": {}}
+    out: dict[str, Any] = {"n": len(ids), "reference": args.reference, "resamples": args.resamples, "tau": {},
+                           "differences": {}}
     for label, z in runs.items():
         out["tau"][label] = {"tau": round(_tau([z[i] for i in ids], [ref[i] for i in ids]), 3),
                              "ci95": interval(boot[label])}
     for a, b in itertools.combinations(args.labels, 2):
         d = boot[a] - boot[b]
         out["differences"][f"{a} - {b}"] = {"ci95": interval(d), "p_greater": round(float(np.nanmean(d > 0)), 3)}
-    seed1 = {r["id"]: r["segm_AP"] for r in load_standalone(work, seed=1)}
-    diffs = [ref[i] - seed1[i] for i in seed1 if i in ref]
+    seed0, seed1 = ({r["id"]: r["segm_AP"] for r in load_standalone(work, seed=s)} for s in (0, 1))
+    diffs = [seed0[i] - seed1[i] for i in seed1 if i in seed0]
     if diffs:
-        sd = float(np.sqrt(np.mean(np.square(diffs)) / 2))  # one run's noise: a difference holds two
+        # one run's noise: a difference holds two; a mean of two seeds, half its variance
+        sd = float(np.sqrt(np.mean(np.square(diffs)) / 2 / (2 if args.reference == "mean" else 1)))
         v = np.array([ref[i] for i in ids])
         sim = np.array([_tau(v + rng.normal(0, sd, len(v)), v + rng.normal(0, sd, len(v))) for _ in range(args.resamples)])
         out["reference_repeatability"] = {"noise_sd": round(sd, 4), "tau_median": round(float(np.median(sim)), 3),
                                           "ci95": interval(sim)}
-    atomic_write_text(work / "compare.json", json.dumps(out, indent=1) + "\n")
+    atomic_write_text(work / ("compare.json" if args.reference == "seed0" else f"compare_{args.reference}.json"),
+                      json.dumps(out, indent=1) + "\n")
     log(json.dumps(out, indent=1))
 
 
@@ -649,6 +662,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                        "differences, and the reference's own repeatability")
     k.add_argument("--work", required=True)
     k.add_argument("--labels", nargs="+", required=True, help="fidelity_LABEL.json files to compare")
+    k.add_argument("--reference", choices=("seed0", "mean"), default="seed0",
+                   help="the seed-0 fine-tunings (default), or the mean of seeds 0 and 1 where both ran")
     k.add_argument("--resamples", type=int, default=2000)
     k.add_argument("--seed", type=int, default=0)
     k.set_defaults(func=compare)
