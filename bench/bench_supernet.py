@@ -85,7 +85,7 @@ from nars.config import dump  # noqa: E402
 from nars.engine.evaluator import recipe_metrics  # noqa: E402
 from nars.engine.events import read_metrics  # noqa: E402
 from nars.engine.trainer import START_WEIGHTS_FILE, train  # noqa: E402
-from nars.fileio import atomic_write_text  # noqa: E402
+from nars.fileio import atomic_save_png, atomic_write_text  # noqa: E402
 from nars.model.weights import FINAL_WEIGHTS, named_checkpoint  # noqa: E402
 from nars.search.budget import scale_schedule  # noqa: E402
 from nars.search.driver import Search  # noqa: E402
@@ -626,9 +626,31 @@ def compare(args: argparse.Namespace) -> None:
         sim = np.array([_tau(v + rng.normal(0, sd, len(v)), v + rng.normal(0, sd, len(v))) for _ in range(args.resamples)])
         out["reference_repeatability"] = {"noise_sd": round(sd, 4), "tau_median": round(float(np.median(sim)), 3),
                                           "ci95": interval(sim)}
-    atomic_write_text(work / ("compare.json" if args.reference == "seed0" else f"compare_{args.reference}.json"),
-                      json.dumps(out, indent=1) + "\n")
+    stem = "compare" if args.reference == "seed0" else f"compare_{args.reference}"
+    atomic_write_text(work / f"{stem}.json", json.dumps(out, indent=1) + "\n")
+    plot_fidelity(work / f"{stem}.png", ids, ref, runs, out)
     log(json.dumps(out, indent=1))
+
+
+def plot_fidelity(path: Path, ids: Sequence[str], ref: Mapping[str, float], runs: Mapping[str, Mapping[str, float]],
+                  stats: Mapping[str, Any]) -> None:
+    """One scatter per measurement (a supernet's zero-shot AP, a trial's AP) against the
+    reference, coloured by MFLOPs: where a ranking goes wrong, and at what size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mflops = {s["id"]: s["mflops"] for s in load_subnets(path.parent)}
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.4 * len(runs), 4), dpi=120, squeeze=False)
+    for ax, (label, z) in zip(axes[0], runs.items()):
+        points = ax.scatter([z[i] for i in ids], [ref[i] for i in ids], c=[mflops[i] for i in ids], cmap="viridis")
+        tau = stats["tau"][label]
+        ax.set(title=f"{label}: tau {tau['tau']:.2f} [{tau['ci95'][0]:.2f}, {tau['ci95'][1]:.2f}]",
+               xlabel="measured segm AP", ylabel=f"reference segm AP ({stats['reference']})")
+        ax.grid(alpha=0.3)
+    fig.colorbar(points, ax=axes[0, -1], label="MFLOPs")
+    atomic_save_png(path, fig)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
