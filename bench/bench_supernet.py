@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_supernet.py standalone --work DIR [--n 24] [--iters 320] [--seeds-spread 4]
     .venv/bin/python bench/bench_supernet.py stage1-cost --work DIR [--iters 320]
-    .venv/bin/python bench/bench_supernet.py trials --work DIR [--budget stage1|verify]
+    .venv/bin/python bench/bench_supernet.py trials --work DIR [--budget stage1|verify] [--supernet DIR]
 
 Run it with one thread (``OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE``; the script also calls
 ``torch.set_num_threads(1)``), as the search's trials train (``ray.cpus_per_trial: 1``).
@@ -40,11 +40,12 @@ Phases (each resumable: rerun the same command to continue):
     fine-tuned for ``--iters`` -> ``DIR/parent_cost.json`` ("one parent fine-tuning": the
     denominator of "supernet training time vs one parent fine-tuning").
 
-``trials [--budget stage1|verify]``
+``trials [--budget stage1|verify] [--supernet DIR]``
     The fidelity the supernet replaces: every chosen sub-network measured as a search without
     a supernet measures it (a stage-1 trial through its rungs, or a verification trial) ->
     ``DIR/trials_BUDGET.jsonl`` and ``DIR/fidelity_trial_BUDGET.json``, which ``compare``
-    ranks against the reference beside the supernets.
+    ranks against the reference beside the supernets. With ``--supernet``, stage-1 trials
+    start from that supernet's weights, as a search with the supernet fidelity trains them.
 
 ``zeroshot --supernet DIR [--label L]``
     The zero-shot AP of every chosen sub-network from a trained supernet (``nars supernet
@@ -377,10 +378,14 @@ def report_spread(work: Path, seed: int, iters: int) -> dict[str, Any] | None:
 
 # -- stage-1 cost -------------------------------------------------------------------------------
 
-def stage1_trial(job: Search, arch: Mapping[str, Any], out: Path) -> dict[str, Any]:
+def stage1_trial(job: Search, arch: Mapping[str, Any], out: Path, weights: Path | None = None) -> dict[str, Any]:
     """One stage-1 trial as the search trains it: each successive-halving rung a train() call
-    to the rung (evaluation and checkpoint there), the next continuing from that checkpoint."""
+    to the rung (evaluation and checkpoint there), the next continuing from that checkpoint.
+    ``weights``: start from these (a supernet's, inherited onto ``arch``, as a search with
+    ``stage1.fidelity supernet`` starts its trials) instead of the parent's."""
     cfg = job.trial_config(complete(job.space, arch, reference(job)), "stage1")
+    if weights is not None:
+        cfg["MODEL"]["WEIGHTS"], cfg["MODEL"]["WEIGHTS_ARCH"] = str(weights), ""
     es = job.exp["stage1"]["early_stop"]
     rungs = milestones(es["grace_period"], es["reduction_factor"], cfg["SOLVER"]["MAX_ITER"])
     if out.exists():
@@ -443,15 +448,19 @@ def trials(args: argparse.Namespace) -> None:
     work = Path(args.work).resolve()
     job = search_job(experiment(), work)
     subnets = load_subnets(work)
-    path = work / f"trials_{args.budget}.jsonl"
+    weights = Path(args.supernet).resolve() / FINAL_WEIGHTS if args.supernet else None
+    if weights is not None and args.budget != "stage1":
+        raise SystemExit("--supernet: only stage-1 trials start from a supernet's weights")
+    name = args.budget + (f"_from_{Path(args.supernet).name}" if weights is not None else "")
+    path = work / f"trials_{name}.jsonl"
     done = {json.loads(line)["id"] for line in path.read_text().splitlines()} if path.is_file() else set()
     for k, i in enumerate(spread_order(len(subnets)), 1):
         s = subnets[i]
         if s["id"] in done:
             continue
-        arch, out = pinned(job.space, s["arch"]), work / "runs" / f"{args.budget}-{s['id']}"
+        arch, out = pinned(job.space, s["arch"]), work / "runs" / f"{name}-{s['id']}"
         if args.budget == "stage1":
-            t = stage1_trial(job, arch, out)
+            t = stage1_trial(job, arch, out, weights)
             row = {"segm_AP": t["segm_AP_at_rungs"][-1], "seconds": t["seconds"]}
         else:
             cfg = job.trial_config(complete(job.space, arch, reference(job)), "verify")
@@ -462,10 +471,10 @@ def trials(args: argparse.Namespace) -> None:
         log(f"{k}/{len(subnets)} {s['id']} ({s['mflops']:.0f} MFLOPs): {args.budget} trial segm AP "
             f"{row['segm_AP']:.4f}, {row['seconds']:.0f} s")
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    out = {"label": f"trial_{args.budget}", "n": len(rows), "rows": rows,
+    out = {"label": f"trial_{name}", "n": len(rows), "rows": rows,
            "seconds_median": float(np.median([r["seconds"] for r in rows]))}
-    atomic_write_text(work / f"fidelity_trial_{args.budget}.json", json.dumps(out, indent=1) + "\n")
-    log(f"{len(rows)} {args.budget} trials, median {out['seconds_median']:.0f} s; compare --labels trial_{args.budget} ...")
+    atomic_write_text(work / f"fidelity_trial_{name}.json", json.dumps(out, indent=1) + "\n")
+    log(f"{len(rows)} {name} trials, median {out['seconds_median']:.0f} s; compare --labels trial_{name} ...")
 
 
 # -- the supernet against the reference --------------------------------------------------------
@@ -671,6 +680,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                       "(the fidelity the supernet replaces)")
     t.add_argument("--work", required=True)
     t.add_argument("--budget", choices=("stage1", "verify"), default="stage1")
+    t.add_argument("--supernet", metavar="DIR", help="stage-1 trials from this trained supernet's weights "
+                                                     "(results: trials_stage1_from_DIRNAME)")
     t.set_defaults(func=trials)
     z = sub.add_parser("zeroshot", help="a trained supernet's zero-shot APs of the chosen sub-networks against the "
                                         "standalone reference (tau, ratios, costs)")
