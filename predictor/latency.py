@@ -96,8 +96,8 @@ class LatencyPredictor:
 
     ``blocks`` (nn-Meter style): a random forest predicts each block's in-context time from
     its shapes, summed per model, plus a ridge regression of what the blocks leave
-    (``OVERHEAD``); every measured model gives tens of block samples, so it generalises from
-    few models. ``ridge`` and ``gbm``: one regression on the model's ``FEATURES``."""
+    (``OVERHEAD``, kept within the measured models' range); every measured model gives tens of
+    block samples, so it generalises from few models. ``ridge`` and ``gbm``: one regression on the model's ``FEATURES``."""
 
     def __init__(self, kind: str = "blocks", seed: int = 0):
         if kind not in KINDS:
@@ -122,6 +122,9 @@ class LatencyPredictor:
             self.model = RandomForestRegressor(n_estimators=100, min_samples_leaf=2, random_state=self.seed).fit(x, t)
             rest = y - np.array([sum(m["block_ms"]) for m in measurements])
             self.overhead = self._ridge().fit(rows[:, [FEATURES.index(f) for f in OVERHEAD]], rest)
+            # a line through a few noisy models (a loaded machine) can extrapolate the overhead
+            # far below anything measured, to a model costing 0 ms: keep it within what was seen
+            self.overhead_range = (float(rest.min()), float(rest.max()))
         return self
 
     def predict_features(self, rows: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
@@ -134,7 +137,7 @@ class LatencyPredictor:
         per_block = self.model.predict(np.concatenate(blocks))
         ends = np.cumsum([len(b) for b in blocks])
         sums = np.array([chunk.sum() for chunk in np.split(per_block, ends[:-1])])
-        overhead = self.overhead.predict(rows[:, [FEATURES.index(f) for f in OVERHEAD]])
+        overhead = np.clip(self.overhead.predict(rows[:, [FEATURES.index(f) for f in OVERHEAD]]), *self.overhead_range)
         return np.maximum(sums + overhead, 0.0)
 
     def predict_configs(self, configs: Sequence[tuple[Mapping[str, Any], ArchSpec | None]]) -> np.ndarray:

@@ -13,8 +13,8 @@ from nars.cli import main
 from nars.config import load_config, set_key
 from nars.deploy.latency import measure_latencies, measure_latency
 from nars.errors import UserError
-from predictor.latency import (BLOCK_FEATURES, FEATURES, KINDS, LatencyPredictor, cache_key, config_features,
-                               fit_space_latency)
+from predictor.latency import (BLOCK_FEATURES, FEATURES, KINDS, OVERHEAD, LatencyPredictor, cache_key,
+                               config_features, fit_space_latency)
 from search_spaces import load_space, sample
 
 # the tiny search's pinned keys: 64 px images (tests/data/tiny_search.yaml)
@@ -123,3 +123,24 @@ def test_every_kind_fits_the_same_measurements(tmp_path, monkeypatch):
         predicted = LatencyPredictor(kind).fit(measurements).predict_configs(configs)
         assert predicted.shape == (3,) and (predicted > 0).all()
     assert model.kind == "blocks"
+
+
+def test_the_blocks_overhead_stays_within_what_was_measured():
+    """Four models whose overhead (latency minus their blocks' times) rises steeply with their
+    RoIs, as a loaded machine can measure them: the overhead's line, extrapolated to few RoIs,
+    goes far below zero. The predictor keeps it within the measured overheads, so no model is
+    predicted to cost nothing (a stage-2 front once held a candidate at 0 ms)."""
+    blocks = np.ones((3, len(BLOCK_FEATURES)))
+    measurements = []
+    for rois, overhead in [(40, 5.0), (45, 6.0), (50, 20.0), (50, 21.0)]:
+        row = np.zeros(len(FEATURES))
+        row[FEATURES.index("rois")], row[FEATURES.index("mask_rois")] = rois, rois / 5
+        measurements.append({"median_ms": 3.0 + overhead, "features": row.tolist(),
+                             "block_features": blocks.tolist(), "block_ms": [1.0, 1.0, 1.0]})
+    predictor = LatencyPredictor("blocks").fit(measurements)
+    few = np.zeros((1, len(FEATURES)))
+    few[0, FEATURES.index("rois")], few[0, FEATURES.index("mask_rois")] = 10, 2
+    line = predictor.overhead.predict(few[:, [FEATURES.index(f) for f in OVERHEAD]])
+    assert line[0] < -3.0  # what the fit alone says: the blocks' 3 ms and more taken away
+    got = predictor.predict_features(few, [blocks])[0]
+    assert 3.0 + 5.0 - 1e-9 <= got <= 3.0 + 21.0 + 1e-9  # the blocks (1 ms each) and a measured overhead
