@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_supernet.py standalone --work DIR [--n 24] [--iters 320] [--seeds-spread 4]
     .venv/bin/python bench/bench_supernet.py stage1-cost --work DIR [--iters 320]
-    .venv/bin/python bench/bench_supernet.py trials --work DIR [--budget stage1|verify] [--supernet DIR]
+    .venv/bin/python bench/bench_supernet.py trials --work DIR [--supernet DIR]
 
 Run it with one thread (``OMP_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE``; the script also calls
 ``torch.set_num_threads(1)``), as the search's trials train (``ray.cpus_per_trial: 1``).
@@ -40,10 +40,10 @@ Phases (each resumable: rerun the same command to continue):
     fine-tuned for ``--iters`` -> ``DIR/parent_cost.json`` ("one parent fine-tuning": the
     denominator of "supernet training time vs one parent fine-tuning").
 
-``trials [--budget stage1|verify] [--supernet DIR]``
+``trials [--supernet DIR]``
     The fidelity the supernet replaces: every chosen sub-network measured as a search without
-    a supernet measures it (a stage-1 trial through its rungs, or a verification trial) ->
-    ``DIR/trials_BUDGET.jsonl`` and ``DIR/fidelity_trial_BUDGET.json``, which ``compare``
+    a supernet measures it (a stage-1 trial through its rungs) -> ``DIR/trials_stage1.jsonl``
+    and ``DIR/fidelity_trial_stage1.json``, which ``compare``
     ranks against the reference beside the supernets. With ``--supernet``, stage-1 trials
     start from that supernet's weights, as a search with the supernet fidelity trains them.
 
@@ -211,20 +211,20 @@ def load_subnets(work: str | Path) -> list[dict[str, Any]]:
     return json.loads((Path(work) / SUBNETS_FILE).read_text())["subnets"]
 
 
-def load_standalone(work: str | Path, seed: int | None = None) -> list[dict[str, Any]]:
-    """``WORK/standalone.jsonl``'s finished runs (one row per run; ``seed``: only that seed's).
-    A torn last line (a killed append) is skipped."""
-    path = Path(work) / STANDALONE_FILE
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """A JSON-lines file's rows (none if it is absent); a torn last line (a killed append) is skipped."""
     rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if seed is None or row["seed"] == seed:
-                rows.append(row)
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
     return rows
+
+
+def load_standalone(work: str | Path, seed: int | None = None) -> list[dict[str, Any]]:
+    """``WORK/standalone.jsonl``'s finished runs (one row per run; ``seed``: only that seed's)."""
+    return [r for r in read_rows(Path(work) / STANDALONE_FILE) if seed is None or r["seed"] == seed]
 
 
 def append_row(path: Path, row: Mapping[str, Any]) -> None:
@@ -440,44 +440,34 @@ def stage1_cost(args: argparse.Namespace) -> None:
 
 
 def trials(args: argparse.Namespace) -> None:
-    """The fidelity the supernet replaces: every chosen sub-network measured as the search
-    measures a candidate without a supernet (``--budget stage1``: a stage-1 trial through its
-    rungs; ``verify``: a verification trial), one row each in ``DIR/trials_BUDGET.jsonl``
-    (resumable), then ``DIR/fidelity_trial_BUDGET.json`` in zeroshot's row format, so that
-    ``compare`` pairs its Kendall tau with a supernet's on the same sub-networks."""
+    """The fidelity the supernet replaces: every chosen sub-network measured by a stage-1
+    trial through its rungs, as a search without a supernet measures a candidate (or, with
+    ``--supernet``, started from that supernet's weights, as the supernet fidelity's recipe
+    trials start), one row each in ``DIR/trials_NAME.jsonl`` (resumable), then
+    ``DIR/fidelity_trial_NAME.json`` in zeroshot's row format, so that ``compare`` pairs its
+    Kendall tau with a supernet's on the same sub-networks."""
     work = Path(args.work).resolve()
     job = search_job(experiment(), work)
     subnets = load_subnets(work)
     weights = Path(args.supernet).resolve() / FINAL_WEIGHTS if args.supernet else None
-    if weights is not None and args.budget != "stage1":
-        raise SystemExit("--supernet: only stage-1 trials start from a supernet's weights")
-    name = args.budget + (f"_from_{Path(args.supernet).name}" if weights is not None else "")
+    name = "stage1" + (f"_from_{Path(args.supernet).name}" if weights is not None else "")
     path = work / f"trials_{name}.jsonl"
-    done = {json.loads(line)["id"] for line in path.read_text().splitlines()} if path.is_file() else set()
+    done = {r["id"] for r in read_rows(path)}
     for k, i in enumerate(spread_order(len(subnets)), 1):
         s = subnets[i]
         if s["id"] in done:
             continue
-        arch, out = pinned(job.space, s["arch"]), work / "runs" / f"{name}-{s['id']}"
-        if args.budget == "stage1":
-            t = stage1_trial(job, arch, out, weights)
-            row = {"segm_AP": t["segm_AP_at_rungs"][-1], "seconds": t["seconds"]}
-        else:
-            cfg = job.trial_config(complete(job.space, arch, reference(job)), "verify")
-            t = run_one(cfg, out, keep_checkpoints=False)
-            shutil.rmtree(out)
-            row = {"segm_AP": t["segm_AP"], "bbox_AP": t["bbox_AP"], "seconds": t["seconds"]}
-        append_row(path, {"id": s["id"], "mflops": s["mflops"], **row})
-        log(f"{k}/{len(subnets)} {s['id']} ({s['mflops']:.0f} MFLOPs): {args.budget} trial segm AP "
+        t = stage1_trial(job, pinned(job.space, s["arch"]), work / "runs" / f"{name}-{s['id']}", weights)
+        row = {"id": s["id"], "mflops": s["mflops"], "segm_AP": t["segm_AP_at_rungs"][-1], "seconds": t["seconds"]}
+        append_row(path, row)
+        log(f"{k}/{len(subnets)} {s['id']} ({s['mflops']:.0f} MFLOPs): stage-1 trial segm AP "
             f"{row['segm_AP']:.4f}, {row['seconds']:.0f} s")
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows = read_rows(path)
     out = {"label": f"trial_{name}", "n": len(rows), "rows": rows,
            "seconds_median": float(np.median([r["seconds"] for r in rows]))}
     atomic_write_text(work / f"fidelity_trial_{name}.json", json.dumps(out, indent=1) + "\n")
     log(f"{len(rows)} {name} trials, median {out['seconds_median']:.0f} s; compare --labels trial_{name} ...")
 
-
-# -- the supernet against the reference --------------------------------------------------------
 
 def pinned(space: SearchSpace, arch: Mapping[str, Any]) -> dict[str, Any]:
     """``arch`` with the space's fixed parameters at their values. The chosen sub-networks were
@@ -588,10 +578,16 @@ def _tau(x: Sequence[float], y: Sequence[float]) -> float:
     return float(kendalltau(x, y).statistic)
 
 
+def seed_aps(work: Path) -> tuple[dict[str, float], dict[str, float]]:
+    """The standalone references' segm AP by sub-network id: seed 0's, seed 1's."""
+    seed0, seed1 = ({r["id"]: r["segm_AP"] for r in load_standalone(work, seed=s)} for s in (0, 1))
+    return seed0, seed1
+
+
 def reference_aps(work: Path, which: str) -> dict[str, float]:
     """Each sub-network's reference segm AP: its seed-0 run (``seed0``), or the mean of its
     seed-0 and seed-1 runs where it has both (``mean``: half the noise variance)."""
-    seed0, seed1 = ({r["id"]: r["segm_AP"] for r in load_standalone(work, seed=s)} for s in (0, 1))
+    seed0, seed1 = seed_aps(work)
     if which == "seed0":
         return seed0
     return {i: (seed0[i] + seed1[i]) / 2 for i in seed0 if i in seed1}
@@ -626,7 +622,7 @@ def compare(args: argparse.Namespace) -> None:
     for a, b in itertools.combinations(args.labels, 2):
         d = boot[a] - boot[b]
         out["differences"][f"{a} - {b}"] = {"ci95": interval(d), "p_greater": round(float(np.nanmean(d > 0)), 3)}
-    seed0, seed1 = ({r["id"]: r["segm_AP"] for r in load_standalone(work, seed=s)} for s in (0, 1))
+    seed0, seed1 = seed_aps(work)
     diffs = [seed0[i] - seed1[i] for i in seed1 if i in seed0]
     if diffs:
         # one run's noise: a difference holds two; a mean of two seeds, half its variance
@@ -676,10 +672,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     c.add_argument("--work", required=True)
     c.add_argument("--iters", type=int, default=320, help="iterations of the parent fine-tuning timed (default 320)")
     c.set_defaults(func=stage1_cost)
-    t = sub.add_parser("trials", help="every chosen sub-network measured by a stage-1 or verification trial "
+    t = sub.add_parser("trials", help="every chosen sub-network measured by a stage-1 trial "
                                       "(the fidelity the supernet replaces)")
     t.add_argument("--work", required=True)
-    t.add_argument("--budget", choices=("stage1", "verify"), default="stage1")
     t.add_argument("--supernet", metavar="DIR", help="stage-1 trials from this trained supernet's weights "
                                                      "(results: trials_stage1_from_DIRNAME)")
     t.set_defaults(func=trials)

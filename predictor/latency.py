@@ -97,7 +97,8 @@ class LatencyPredictor:
     ``blocks`` (nn-Meter style): a random forest predicts each block's in-context time from
     its shapes, summed per model, plus a ridge regression of what the blocks leave
     (``OVERHEAD``, kept within the measured models' range); every measured model gives tens of
-    block samples, so it generalises from few models. ``ridge`` and ``gbm``: one regression on the model's ``FEATURES``."""
+    block samples, so it generalises from few models. ``ridge`` and ``gbm``: one regression on
+    the model's ``FEATURES``."""
 
     def __init__(self, kind: str = "blocks", seed: int = 0):
         if kind not in KINDS:
