@@ -110,7 +110,7 @@ def log(msg: str) -> None:
 
 # -- the experiment, its space and configs ------------------------------------------------
 
-def experiment(name: str = EXPERIMENT) -> dict[str, Any]:
+def experiment(name: str) -> dict[str, Any]:
     exp = load_experiment(name)
     exp["workdir"] = str(REPO)  # its relative paths (parent, dataset) are the repository's
     return exp
@@ -237,6 +237,10 @@ def append_row(path: Path, row: Mapping[str, Any]) -> None:
 def subnets_file(work: Path, job: Search, n: int) -> list[dict[str, Any]]:
     path = work / SUBNETS_FILE
     if path.is_file():
+        chosen_for = json.loads(path.read_text())["experiment"]
+        if chosen_for != job.exp["name"]:
+            raise SystemExit(f"{path} holds sub-networks of experiment {chosen_for}, not {job.exp['name']}: "
+                             "use another --work folder")
         subnets = load_subnets(work)
         if len(subnets) != n:
             log(f"{path} holds {len(subnets)} sub-networks (not --n {n}); using them as they are")
@@ -309,7 +313,7 @@ def _claim(work: Path, arch_id: str, seed: int, iters: int) -> bool:
 def standalone(args: argparse.Namespace) -> None:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    exp = experiment()
+    exp = experiment(args.experiment)
     job = search_job(exp, work)
     subnets = subnets_file(work, job, args.n)
     lo, hi = subnets[0]["mflops"], subnets[-1]["mflops"]
@@ -404,7 +408,7 @@ def stage1_trial(job: Search, arch: Mapping[str, Any], out: Path, weights: Path 
 
 def stage1_cost(args: argparse.Namespace) -> None:
     work = Path(args.work).resolve()
-    exp = experiment()
+    exp = experiment(args.experiment)
     job = search_job(exp, work)
     if not (work / SUBNETS_FILE).is_file():
         raise SystemExit(f"{work / SUBNETS_FILE} does not exist: run the standalone phase first")
@@ -447,7 +451,7 @@ def trials(args: argparse.Namespace) -> None:
     ``DIR/fidelity_trial_NAME.json`` in zeroshot's row format, so that ``compare`` pairs its
     Kendall tau with a supernet's on the same sub-networks."""
     work = Path(args.work).resolve()
-    job = search_job(experiment(), work)
+    job = search_job(experiment(args.experiment), work)
     subnets = load_subnets(work)
     weights = Path(args.supernet).resolve() / FINAL_WEIGHTS if args.supernet else None
     name = "stage1" + (f"_from_{Path(args.supernet).name}" if weights is not None else "")
@@ -550,13 +554,13 @@ def memory(args: argparse.Namespace) -> None:
     """Peak resident memory of a supernet training and of one parent fine-tuning, each a fresh
     process of ``--iters`` iterations (os.wait4's ru_maxrss of that child alone)."""
     work = Path(args.work).resolve()
-    job = search_job(experiment(), work)
+    job = search_job(experiment(args.experiment), work)
     parent = next(s for s in load_subnets(work) if s.get("parent"))
     config = work / "mem_parent.yaml"
     atomic_write_text(config, dump(subnet_config(job, parent["arch"], args.iters, job.exp["seed"])))
     nars = [sys.executable, "-m", "nars.cli"]
     runs = {
-        "supernet": nars + ["supernet", "train", EXPERIMENT, "--out", str(work / "mem_supernet"),
+        "supernet": nars + ["supernet", "train", args.experiment, "--out", str(work / "mem_supernet"),
                             "supernet.max_iter", str(args.iters)],
         "parent_finetuning": nars + ["train", str(config), "--out", str(work / "mem_parent")],
     }
@@ -660,6 +664,9 @@ def plot_fidelity(path: Path, ids: Sequence[str], ref: Mapping[str, float], runs
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiment", default=EXPERIMENT,
+                        help=f"the experiment whose space, parent and data are measured (default {EXPERIMENT}); "
+                             "one per --work folder")
     sub = parser.add_subparsers(dest="phase", required=True)
     p = sub.add_parser("standalone", help="fine-tune the chosen sub-networks standalone from the parent")
     p.add_argument("--work", required=True)

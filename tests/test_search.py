@@ -22,7 +22,7 @@ import yaml
 from engine_helpers import one_thread
 from nars.cli import main
 from nars.search.driver import Search, _picks
-from nars.search.experiment import load_experiment
+from nars.search.experiment import EXPERIMENT_DIR, load_experiment
 from nars.search.pareto import hypervolume, pareto_mask
 from nars.search.stage1 import by_measurement
 from nars.search.store import RunStore, load_run
@@ -402,7 +402,7 @@ def test_a_parent_of_unknown_architecture_is_refused(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "quickstart_scratch", "quickstart_finetune", "coco_fbnetv3is"])
+@pytest.mark.parametrize("name", sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml")))
 def test_shipped_experiments_load_with_feasible_constraints(name):
     from nars.config import load_config
     from search_spaces import load_space
