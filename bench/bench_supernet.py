@@ -597,6 +597,14 @@ def reference_aps(work: Path, which: str) -> dict[str, float]:
     return {i: (seed0[i] + seed1[i]) / 2 for i in seed0 if i in seed1}
 
 
+def measured(work: Path, label: str) -> dict[str, float]:
+    """A ranking to compare, by sub-network id: ``fidelity_LABEL.json``'s segm AP, or for the
+    label ``mflops`` the free baseline, each sub-network's cost."""
+    if label == "mflops":
+        return {s["id"]: s["mflops"] for s in load_subnets(work)}
+    return {r["id"]: r["segm_AP"] for r in json.loads((work / f"fidelity_{label}.json").read_text())["rows"]}
+
+
 def compare(args: argparse.Namespace) -> None:
     """Kendall tau of each ``fidelity_LABEL.json`` against the reference (``--reference``) with a 95%
     bootstrap interval over the sub-networks, the paired differences between labels (the same
@@ -604,8 +612,7 @@ def compare(args: argparse.Namespace) -> None:
     seed spread the seed-1 reruns measured."""
     work = Path(args.work)
     ref = reference_aps(work, args.reference)
-    runs = {label: {r["id"]: r["segm_AP"] for r in json.loads((work / f"fidelity_{label}.json").read_text())["rows"]}
-            for label in args.labels}
+    runs = {label: measured(work, label) for label in args.labels}
     ids = sorted(set(ref).intersection(*runs.values()))
     rng = np.random.default_rng(args.seed)
     samples = [rng.integers(0, len(ids), len(ids)) for _ in range(args.resamples)]
@@ -656,7 +663,7 @@ def plot_fidelity(path: Path, ids: Sequence[str], ref: Mapping[str, float], runs
         points = ax.scatter([z[i] for i in ids], [ref[i] for i in ids], c=[mflops[i] for i in ids], cmap="viridis")
         tau = stats["tau"][label]
         ax.set(title=f"{label}: tau {tau['tau']:.2f} [{tau['ci95'][0]:.2f}, {tau['ci95'][1]:.2f}]",
-               xlabel="measured segm AP", ylabel=f"reference segm AP ({stats['reference']})")
+               xlabel="MFLOPs" if label == "mflops" else "measured segm AP", ylabel=f"reference segm AP ({stats['reference']})")
         ax.grid(alpha=0.3)
     fig.colorbar(points, ax=axes[0, -1], label="MFLOPs")
     atomic_save_png(path, fig)
@@ -696,7 +703,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     k = sub.add_parser("compare", help="bootstrap intervals of the supernets' Kendall tau and their paired "
                                        "differences, and the reference's own repeatability")
     k.add_argument("--work", required=True)
-    k.add_argument("--labels", nargs="+", required=True, help="fidelity_LABEL.json files to compare")
+    k.add_argument("--labels", nargs="+", required=True, help="fidelity_LABEL.json files to compare; "
+                                                                  "mflops: the free baseline, ranking by cost")
     k.add_argument("--reference", choices=("seed0", "mean"), default="seed0",
                    help="the seed-0 fine-tunings (default), or the mean of seeds 0 and 1 where both ran")
     k.add_argument("--resamples", type=int, default=2000)
