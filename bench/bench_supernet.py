@@ -56,9 +56,10 @@ Phases (each resumable: rerun the same command to continue):
     training time / one parent fine-tuning of as many iterations, zero-shot evaluations /
     stage-1 trials per CPU-hour -> ``DIR/fidelity_L.json``.
 
-``memory [--iters N]``
-    Peak RSS of a supernet training and of one parent fine-tuning, each a fresh process of N
-    iterations -> ``DIR/memory.json``.
+``memory [--iters N] [--repeats R]``
+    The supernet's cost ratios measured in one run: peak RSS and seconds per iteration of a
+    supernet training and of one parent fine-tuning, each a fresh process of N iterations,
+    alternated R times -> ``DIR/memory.json``.
 """
 
 from __future__ import annotations
@@ -551,29 +552,44 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def memory(args: argparse.Namespace) -> None:
-    """Peak resident memory of a supernet training and of one parent fine-tuning, each a fresh
-    process of ``--iters`` iterations (os.wait4's ru_maxrss of that child alone)."""
+    """The cost ratios in one run: a supernet training and one parent fine-tuning, each a fresh
+    process of ``--iters`` iterations, alternated ``--repeats`` times (so load drifts hit both):
+    peak resident memory (os.wait4's ru_maxrss of that child alone) and the training loop's
+    seconds per iteration (its logged means, start-up and the final evaluation left out);
+    medians over the repeats -> ``DIR/memory.json``."""
     work = Path(args.work).resolve()
     job = search_job(experiment(args.experiment), work)
     parent = next(s for s in load_subnets(work) if s.get("parent"))
     config = work / "mem_parent.yaml"
     atomic_write_text(config, dump(subnet_config(job, parent["arch"], args.iters, job.exp["seed"])))
     nars = [sys.executable, "-m", "nars.cli"]
+    folders = {"supernet": work / "mem_supernet", "parent_finetuning": work / "mem_parent"}
     runs = {
-        "supernet": nars + ["supernet", "train", args.experiment, "--out", str(work / "mem_supernet"),
+        "supernet": nars + ["supernet", "train", args.experiment, "--out", str(folders["supernet"]),
                             "supernet.max_iter", str(args.iters)],
-        "parent_finetuning": nars + ["train", str(config), "--out", str(work / "mem_parent")],
+        "parent_finetuning": nars + ["train", str(config), "--out", str(folders["parent_finetuning"])],
     }
-    out: dict[str, Any] = {"iters": args.iters}
-    for name, cmd in runs.items():
-        for folder in (work / "mem_supernet", work / "mem_parent"):
-            shutil.rmtree(folder, ignore_errors=True)
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        out[name] = {"peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "exit": os.waitstatus_to_exitcode(status)}
-        log(f"{name}: peak RSS {out[name]['peak_rss_mib']} MiB")
-    out["ratio"] = round(out["supernet"]["peak_rss_mib"] / out["parent_finetuning"]["peak_rss_mib"], 2)
+    measured: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
+    for repeat in range(args.repeats):
+        for name, cmd in runs.items():
+            shutil.rmtree(folders[name], ignore_errors=True)
+            proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise SystemExit(f"{' '.join(cmd)} failed (exit {os.waitstatus_to_exitcode(status)})")
+            measured[name].append((usage.ru_maxrss / 1024, train_seconds(folders[name]) / args.iters))
+            shutil.rmtree(folders[name])
+            log(f"{repeat + 1}/{args.repeats} {name}: peak RSS {measured[name][-1][0]:.0f} MiB, "
+                f"{measured[name][-1][1]:.2f} s/it")
+    out: dict[str, Any] = {"iters": args.iters, "repeats": args.repeats, "threads": 1}
+    for name, rows in measured.items():
+        out[name] = {"peak_rss_mib": round(float(np.median([r for r, _ in rows])), 1),
+                     "s_per_iter": round(float(np.median([t for _, t in rows])), 3),
+                     "runs": [{"peak_rss_mib": round(r, 1), "s_per_iter": round(t, 3)} for r, t in rows]}
+    out["memory_ratio"] = round(out["supernet"]["peak_rss_mib"] / out["parent_finetuning"]["peak_rss_mib"], 2)
+    out["time_ratio"] = round(out["supernet"]["s_per_iter"] / out["parent_finetuning"]["s_per_iter"], 2)
     atomic_write_text(work / "memory.json", json.dumps(out, indent=1) + "\n")
+    log(f"supernet / parent fine-tuning: memory {out['memory_ratio']}x, time per iteration {out['time_ratio']}x")
 
 
 def _tau(x: Sequence[float], y: Sequence[float]) -> float:
@@ -710,9 +726,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     k.add_argument("--resamples", type=int, default=2000)
     k.add_argument("--seed", type=int, default=0)
     k.set_defaults(func=compare)
-    m = sub.add_parser("memory", help="peak RSS of a supernet training and of one parent fine-tuning")
+    m = sub.add_parser("memory", help="peak RSS and seconds per iteration of a supernet training and of one "
+                                      "parent fine-tuning, alternated in one run")
     m.add_argument("--work", required=True)
     m.add_argument("--iters", type=int, default=8, help="iterations of each (default 8)")
+    m.add_argument("--repeats", type=int, default=1, help="alternations of the two (default 1)")
     m.set_defaults(func=memory)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
