@@ -56,6 +56,11 @@ Phases (each resumable: rerun the same command to continue):
     training time / one parent fine-tuning of as many iterations, zero-shot evaluations /
     stage-1 trials per CPU-hour -> ``DIR/fidelity_L.json``.
 
+``sandwich-cost [--random N]``
+    Each sandwich member (largest, smallest, the parent's architecture, N random) trained
+    alone on one batch: its step time and MFLOPs against the parent's, and the sandwich's sum
+    -> ``DIR/sandwich_cost.json``. Where test-time MFLOPs misjudge a training step.
+
 ``memory [--iters N] [--repeats R]``
     The supernet's cost ratios measured in one run: peak RSS and seconds per iteration of a
     supernet training and of one parent fine-tuning, each a fresh process of N iterations,
@@ -592,6 +597,56 @@ def memory(args: argparse.Namespace) -> None:
     log(f"supernet / parent fine-tuning: memory {out['memory_ratio']}x, time per iteration {out['time_ratio']}x")
 
 
+def sandwich_cost(args: argparse.Namespace) -> None:
+    """Why a supernet step costs what it does: each sandwich member (largest, smallest, the
+    parent's architecture, ``--random`` draws) trained alone on one batch with its extracted
+    weights, its step's median seconds and its MFLOPs, both against the parent's; and the
+    sandwich's sum (k random members at the draws' mean) -> ``DIR/sandwich_cost.json``."""
+    from nars.supernet.setup import build
+    from nars.supernet.subnets import random_archs, smallest
+    from nars.supernet.train import SupernetTrainer
+
+    work = Path(args.work).resolve()
+    exp = experiment(args.experiment)
+    net = build(exp, work / "sandwich_cost", progress=False)
+    trainer = SupernetTrainer(net, work / "sandwich_cost", resume=False, progress=False)
+    batch = [trainer.train_set[i] for i in range(trainer.cfg["SOLVER"]["IMS_PER_BATCH"])]
+    images, targets = [b[0] for b in batch], [b[1] for b in batch]
+    members = {"largest": net.largest, "smallest": smallest(net.space), "parent": arch_part(net.space, net.base)}
+    members.update({f"random{i}": a for i, a in enumerate(random_archs(net.space, args.random, np.random.default_rng(0)))})
+    rows: dict[str, dict[str, float]] = {}
+    for name, arch in members.items():
+        child = trainer.supernet.extract(trainer.child(arch)).train()
+        times = []
+        for _ in range(args.repeats + 1):  # the first is a warm-up
+            start = time.perf_counter()
+            sum(child(images, targets).values()).backward()
+            times.append(time.perf_counter() - start)
+        rows[name] = {"mflops": float(net.space.cost(complete(net.space, arch, net.base))[0]),
+                      "step_seconds": float(np.median(times[1:]))}
+    parent = rows["parent"]
+    for row in rows.values():
+        row["mflops_vs_parent"] = round(row["mflops"] / parent["mflops"], 2)
+        row["step_vs_parent"] = round(row["step_seconds"] / parent["step_seconds"], 2)
+    randoms = [r for n, r in rows.items() if n.startswith("random")]
+    k = exp["supernet"]["k"]
+    fixed = ["largest", "smallest"] + (["parent"] if exp["supernet"]["anchor"] else [])
+
+    def total(key: str) -> float:
+        return sum(rows[n][key] for n in fixed) + k * float(np.mean([r[key] for r in randoms]))
+
+    out = {"members": rows, "k": k, "anchor": exp["supernet"]["anchor"],
+           "sandwich_mflops_vs_parent": round(total("mflops") / parent["mflops"], 2),
+           "sandwich_step_vs_parent": round(total("step_seconds") / parent["step_seconds"], 2)}
+    atomic_write_text(work / "sandwich_cost.json", json.dumps(out, indent=1) + "\n")
+    shutil.rmtree(work / "sandwich_cost", ignore_errors=True)
+    for name, row in rows.items():
+        log(f"{name}: {row['mflops']:.0f} MFLOPs ({row['mflops_vs_parent']}x the parent's), training step "
+            f"{row['step_seconds']:.2f} s ({row['step_vs_parent']}x)")
+    log(f"the sandwich: {out['sandwich_mflops_vs_parent']}x the parent's MFLOPs, "
+        f"{out['sandwich_step_vs_parent']}x its training step")
+
+
 def _tau(x: Sequence[float], y: Sequence[float]) -> float:
     from scipy.stats import kendalltau
 
@@ -732,6 +787,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     m.add_argument("--iters", type=int, default=8, help="iterations of each (default 8)")
     m.add_argument("--repeats", type=int, default=1, help="alternations of the two (default 1)")
     m.set_defaults(func=memory)
+    w = sub.add_parser("sandwich-cost", help="each sandwich member's training step against the parent's")
+    w.add_argument("--work", required=True)
+    w.add_argument("--random", type=int, default=4, help="random members timed (default 4)")
+    w.add_argument("--repeats", type=int, default=3, help="timed steps per member (default 3)")
+    w.set_defaults(func=sandwich_cost)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     log(f"{' '.join(sys.argv)} (torch threads: {torch.get_num_threads()})")
