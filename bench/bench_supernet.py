@@ -564,9 +564,9 @@ def memory(args: argparse.Namespace) -> None:
     medians over the repeats -> ``DIR/memory.json``."""
     work = Path(args.work).resolve()
     job = search_job(experiment(args.experiment), work)
-    parent = next(s for s in load_subnets(work) if s.get("parent"))
     config = work / "mem_parent.yaml"
-    atomic_write_text(config, dump(subnet_config(job, parent["arch"], args.iters, job.exp["seed"])))
+    parent = arch_part(job.space, reference(job))
+    atomic_write_text(config, dump(subnet_config(job, parent, args.iters, job.exp["seed"])))
     nars = [sys.executable, "-m", "nars.cli"]
     folders = {"supernet": work / "mem_supernet", "parent_finetuning": work / "mem_parent"}
     runs = {
