@@ -56,9 +56,9 @@ Phases (each resumable: rerun the same command to continue):
     training time / one parent fine-tuning of as many iterations, zero-shot evaluations /
     stage-1 trials per CPU-hour -> ``DIR/fidelity_L.json``.
 
-``sandwich-cost [--random N]``
-    Each sandwich member (largest, smallest, the parent's architecture, N random) trained
-    alone on one batch: its step time and MFLOPs against the parent's, and the sandwich's sum
+``sandwich-cost [--sandwiches N]``
+    The members of the supernet trainer's first N sandwiches, each trained alone on one batch:
+    its step time and MFLOPs against the parent's, and a sandwich's sum
     -> ``DIR/sandwich_cost.json``. Where test-time MFLOPs misjudge a training step.
 
 ``memory [--iters N] [--repeats R]``
@@ -598,52 +598,50 @@ def memory(args: argparse.Namespace) -> None:
 
 
 def sandwich_cost(args: argparse.Namespace) -> None:
-    """Why a supernet step costs what it does: each sandwich member (largest, smallest, the
-    parent's architecture, ``--random`` draws) trained alone on one batch with its extracted
-    weights, its step's median seconds and its MFLOPs, both against the parent's; and the
-    sandwich's sum (k random members at the draws' mean) -> ``DIR/sandwich_cost.json``."""
+    """Why a supernet step costs what it does: the members of the trainer's own first
+    ``--sandwiches`` sandwiches (``SupernetTrainer.sandwich``), each trained alone on one batch
+    with its extracted weights, its step's median seconds and MFLOPs against the parent's
+    architecture's; and each sandwich's sum, averaged -> ``DIR/sandwich_cost.json``."""
+    from nars.supernet.subnets import smallest
     from nars.supernet.setup import build
-    from nars.supernet.subnets import random_archs, smallest
     from nars.supernet.train import SupernetTrainer
 
     work = Path(args.work).resolve()
-    exp = experiment(args.experiment)
-    net = build(exp, work / "sandwich_cost", progress=False)
+    net = build(experiment(args.experiment), work / "sandwich_cost", progress=False)
     trainer = SupernetTrainer(net, work / "sandwich_cost", resume=False, progress=False)
     batch = [trainer.train_set[i] for i in range(trainer.cfg["SOLVER"]["IMS_PER_BATCH"])]
     images, targets = [b[0] for b in batch], [b[1] for b in batch]
-    members = {"largest": net.largest, "smallest": smallest(net.space), "parent": arch_part(net.space, net.base)}
-    members.update({f"random{i}": a for i, a in enumerate(random_archs(net.space, args.random, np.random.default_rng(0)))})
-    rows: dict[str, dict[str, float]] = {}
-    for name, arch in members.items():
+    parent = arch_part(net.space, net.base)
+    roles = {subnet_id(net.largest): "largest", subnet_id(smallest(net.space)): "smallest", subnet_id(parent): "parent"}
+    drawn = [trainer.sandwich(it) for it in range(args.sandwiches)]
+    sandwiches = [[subnet_id(a) for a in members] for members in drawn]
+    archs = {subnet_id(a): a for members in drawn for a in members} | {subnet_id(parent): parent}  # the parent: the unit
+    rows: dict[str, dict[str, Any]] = {}
+    for key, arch in archs.items():
         child = trainer.supernet.extract(trainer.child(arch)).train()
         times = []
         for _ in range(args.repeats + 1):  # the first is a warm-up
             start = time.perf_counter()
             sum(child(images, targets).values()).backward()
             times.append(time.perf_counter() - start)
-        rows[name] = {"mflops": float(net.space.cost(complete(net.space, arch, net.base))[0]),
-                      "step_seconds": float(np.median(times[1:]))}
-    parent = rows["parent"]
+        rows[key] = {"role": roles.get(key, "random"), "mflops": float(net.space.cost(complete(net.space, arch, net.base))[0]),
+                     "step_seconds": float(np.median(times[1:]))}
+    base = rows[subnet_id(parent)]
     for row in rows.values():
-        row["mflops_vs_parent"] = round(row["mflops"] / parent["mflops"], 2)
-        row["step_vs_parent"] = round(row["step_seconds"] / parent["step_seconds"], 2)
-    randoms = [r for n, r in rows.items() if n.startswith("random")]
-    k = exp["supernet"]["k"]
-    fixed = ["largest", "smallest"] + (["parent"] if exp["supernet"]["anchor"] else [])
+        row["mflops_vs_parent"] = round(row["mflops"] / base["mflops"], 2)
+        row["step_vs_parent"] = round(row["step_seconds"] / base["step_seconds"], 2)
 
-    def total(key: str) -> float:
-        return sum(rows[n][key] for n in fixed) + k * float(np.mean([r[key] for r in randoms]))
+    def mean_sum(key: str) -> float:
+        return float(np.mean([sum(rows[m][key] for m in members) for members in sandwiches])) / base[key]
 
-    out = {"members": rows, "k": k, "anchor": exp["supernet"]["anchor"],
-           "sandwich_mflops_vs_parent": round(total("mflops") / parent["mflops"], 2),
-           "sandwich_step_vs_parent": round(total("step_seconds") / parent["step_seconds"], 2)}
+    out = {"members": rows, "sandwiches": sandwiches, "sandwich_mflops_vs_parent": round(mean_sum("mflops"), 2),
+           "sandwich_step_vs_parent": round(mean_sum("step_seconds"), 2)}
     atomic_write_text(work / "sandwich_cost.json", json.dumps(out, indent=1) + "\n")
     shutil.rmtree(work / "sandwich_cost", ignore_errors=True)
-    for name, row in rows.items():
-        log(f"{name}: {row['mflops']:.0f} MFLOPs ({row['mflops_vs_parent']}x the parent's), training step "
-            f"{row['step_seconds']:.2f} s ({row['step_vs_parent']}x)")
-    log(f"the sandwich: {out['sandwich_mflops_vs_parent']}x the parent's MFLOPs, "
+    for key, row in sorted(rows.items(), key=lambda kv: -kv[1]["mflops"]):
+        log(f"{row['role']} {key}: {row['mflops']:.0f} MFLOPs ({row['mflops_vs_parent']}x the parent's), "
+            f"training step {row['step_seconds']:.2f} s ({row['step_vs_parent']}x)")
+    log(f"a sandwich (mean of {len(sandwiches)}): {out['sandwich_mflops_vs_parent']}x the parent's MFLOPs, "
         f"{out['sandwich_step_vs_parent']}x its training step")
 
 
@@ -789,7 +787,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     m.set_defaults(func=memory)
     w = sub.add_parser("sandwich-cost", help="each sandwich member's training step against the parent's")
     w.add_argument("--work", required=True)
-    w.add_argument("--random", type=int, default=4, help="random members timed (default 4)")
+    w.add_argument("--sandwiches", type=int, default=3, help="the trainer's first N sandwiches (default 3)")
     w.add_argument("--repeats", type=int, default=3, help="timed steps per member (default 3)")
     w.set_defaults(func=sandwich_cost)
     args = parser.parse_args(argv)
