@@ -5,10 +5,14 @@
     .venv/bin/python bench/bench_search.py --quick --work /tmp/nars-bench-search-quick
     .venv/bin/python bench/bench_search.py --work /tmp/nars-bench-search
     .venv/bin/python bench/bench_search.py --experiment quickstart_finetune --methods random --work /tmp/bsf
+    .venv/bin/python bench/bench_search.py --experiment coins_finetune --methods random --work /tmp/bsc -- constraints.max_mflops 2925
 
 ``--experiment`` runs every method on another experiment (``quickstart_finetune``: every trial
 inherits the parent's weights, and NARS's reference trial is the parent architecture
-fine-tuned with the base recipe); ``--methods`` picks the baselines run beside NARS.
+fine-tuned with the base recipe); ``--methods`` picks the baselines run beside NARS; KEY VALUE
+overrides after ``--`` go to every method's runs (a constraint, say). An experiment on generated
+shapes makes them under ``--work``; one on COCO files (``coins_finetune``: make them first with
+``nars data coins data/coins --size 320``) reads its own.
 
 Full mode: seeds 0, 1, 2 at the quickstart's own budget (``experiments/quickstart.yaml`` with
 ``verify.top_k 2``; when written, 2 rounds x 3 stage-1 trials, 2 verified candidates); 12 searches of
@@ -133,8 +137,9 @@ QUICK_CONFIG = {  # pinned for every trial in --quick (the tests' tiny scale): 6
 # -- the shared experiment ------------------------------------------------------------------
 def overrides_for(args: argparse.Namespace, work: Path) -> list[str]:
     """Overrides every method runs with (the seed comes on top, per run)."""
-    data = work / ("shapes-quick" if args.quick else "shapes")
-    overrides = ["dataset.shapes.out", str(data), "verify.top_k", "2"]
+    overrides = ["verify.top_k", "2", *args.overrides]
+    if load_experiment(args.experiment, args.overrides)["dataset"]["shapes"]["out"]:  # generated data: made under --work
+        overrides += ["dataset.shapes.out", str(work / ("shapes-quick" if args.quick else "shapes"))]
     if args.quick:  # the experiment's own pins stay; the quick ones go on top
         pins = {**load_experiment(args.experiment)["config"], **QUICK_CONFIG}
         overrides += [*QUICK, "config", json.dumps(pins)]
@@ -556,6 +561,7 @@ def main() -> None:
                         help="the shared experiment, a name or path (default quickstart; e.g. quickstart_finetune)")
     parser.add_argument("--methods", nargs="+", choices=METHODS[1:], default=list(METHODS[1:]),
                         help="the baselines run beside NARS (default: all)")
+    parser.add_argument("overrides", nargs="*", help="KEY VALUE pairs every method's runs take (after --)")
     args = parser.parse_args()
     methods = ("NARS", *[m for m in METHODS[1:] if m in args.methods])
     source = str(resolve_experiment_path(args.experiment))
