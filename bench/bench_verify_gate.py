@@ -82,13 +82,13 @@ def _cleared_copy(source: Path, run: Path) -> None:
         db.execute("UPDATE meta SET value = ? WHERE key = 'state'", (json.dumps("verify"),))
 
 
-def _set_rule(run: Path, min_tau: float) -> None:
-    """The stored experiment with ``verify.min_tau``, and today's defaults for the verify keys
-    it predates (``rescore``: 0, as it ran)."""
+def set_verify(run: Path, **keys: Any) -> None:
+    """The stored experiment with these ``verify`` keys, and today's defaults for the verify keys
+    it predates (``rescore``: 0, as it ran); the run then resumes under them."""
     db = sqlite3.connect(run / STORE_FILE)
     with contextlib.closing(db), db:
         exp = json.loads(db.execute("SELECT value FROM meta WHERE key = 'experiment'").fetchone()[0])
-        exp["verify"] = {**EXPERIMENT_DEFAULTS["verify"], **exp["verify"], "min_tau": min_tau}
+        exp["verify"] = {**EXPERIMENT_DEFAULTS["verify"], **exp["verify"], **keys}
         db.execute("UPDATE meta SET value = ? WHERE key = 'experiment'", (json.dumps(exp),))
     (run / EXPERIMENT_FILE).unlink(missing_ok=True)
 
@@ -137,7 +137,7 @@ def main() -> None:
         if not (run / "done").is_file():
             if not run.is_dir():
                 _cleared_copy(source, run)
-            _set_rule(run, args.min_tau)
+            set_verify(run, min_tau=args.min_tau)
             search(None, [], resume=str(run), progress=False)
             atomic_write_text(run / "done", "re-verified\n")
         old, _, tuned = _verified(source)

@@ -132,6 +132,29 @@ def test_the_winner_is_the_best_mean_over_re_scored_seeds():
     assert pick(trials[:3], None, None)["id"] == "a-verify-0"  # without re-scoring, the one seed decides
 
 
+def test_every_re_scoring_round_is_stored_once_before_any_trains(tmp_path):
+    """verify.rescore 3: three rounds of every finalist, each its own trial (the round is in its
+    id; once it was not, and rounds 2 and 3 were dropped as known ids); adding again adds none."""
+    exp = load_experiment(_experiment(tmp_path, **{"verify.rescore": 3}))
+    exp["workdir"] = str(tmp_path)
+    job = Search(exp, tmp_path / "run", progress=False, latency=False)
+    (tmp_path / "run").mkdir()
+    job.store = RunStore(tmp_path / "run" / "nars.sqlite")
+    try:
+        a, b = sample(job.space, 2, method="uniform", seed=0)
+        job.add({"verify": [a], "reference": [b]}, 0)
+        for t in job.store.trials():
+            job.store.finish(t["id"], "done", {"segm_AP": 0.3})
+        job.add_rescore_rounds()
+        job.add_rescore_rounds()
+        rescored = job.store.trials(stage="rescore")
+    finally:
+        job.store.close()
+    assert sorted((t["candidate_id"], t["round"]) for t in rescored) == sorted(
+        (s.id, j) for s in (a, b) for j in (1, 2, 3))
+    assert {t["status"] for t in rescored} == {"pending"}
+
+
 def test_the_reference_is_stored_first_and_trained_within_stage_1s_first_rung(searched):
     """The incumbent to beat is known before verification: stored before any candidate, done
     before stage 1's round 1 was proposed (it trains beside round 0's first rung)."""

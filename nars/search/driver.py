@@ -312,7 +312,9 @@ class Search:
                 cfg = self.trial_config(s.candidate, stage)
                 cost = config_cost(cfg)
                 model = self.space.latency_model
-                rows.append({"id": f"{s.id}-{stage}", "candidate_id": s.id, "stage": stage, "round": round_index,
+                # re-scoring trains a finalist once per round (seed): the round is part of its id
+                tid = f"{s.id}-{stage}" if stage != "rescore" else f"{s.id}-{stage}-{round_index}"
+                rows.append({"id": tid, "candidate_id": s.id, "stage": stage, "round": round_index,
                              "candidate": s.candidate, "mflops": cost.mflops["total"], "params": cost.params["total"],
                              "latency_ms": None if model is None else model.predict_config(cfg),
                              "max_iter": cfg["SOLVER"]["MAX_ITER"]})
@@ -414,8 +416,12 @@ class Search:
         """``verify.rescore`` more seeds of every finalist (the verified candidates, the reference,
         the tuned parent), round j training each with the run's seed + j: a searched child's
         verified AP moved by 0.06 between two seeds on the main job, more than finalists usually
-        differ. The winner is then the best mean (``fronts.seed_means``). Each round is stored
-        before any trains."""
+        differ. The winner is then the best mean (``fronts.seed_means``)."""
+        self.add_rescore_rounds()
+        self.run_pending(self.store.trials(stage="rescore", status="pending"), "re-scoring")
+
+    def add_rescore_rounds(self) -> None:
+        """Every re-scoring round's trials, stored before any trains (a resumed run adds none twice)."""
         finalists = [t for t in self.store.trials(status="done") if t["stage"] in ("verify", "reference")]
         tuned = tuned_parent(self.store.trials())
         finalists += [tuned] if tuned is not None and tuned["stage"] == "recipe" else []
@@ -423,7 +429,6 @@ class Search:
         for j in range(1, self.exp["verify"]["rescore"] + 1):
             if samples and not self.store.trials(stage="rescore", round=j):
                 self.add({"rescore": samples}, j)
-        self.run_pending(self.store.trials(stage="rescore", status="pending"), "re-scoring")
 
     def measure_verified(self) -> None:
         """The measured latency of every verified trial (and the reference) not measured yet,
