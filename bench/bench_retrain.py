@@ -14,7 +14,8 @@ the run's parent for ``--iters`` iterations, all of them alike, with its own rec
 stretched to fit (``Search.trial_config`` at ``verify.max_iter ITERS``, as the search stretches it
 for its reference) and the run's seed, one thread, ``--jobs`` at a time. It is then evaluated on a **test split**:
 ``--test-images`` new images generated like the runs' dataset with another seed, which no
-search (and no parent) saw.
+search (and no parent) saw. For the coins (``coins_finetune``) they are new composites of the
+validation coins: coin faces no training image shows, in layouts no search evaluated.
 
 Models of one seed pair up: same data order, same test images. For each ``--compare A B``:
 A minus B in test segm AP over seeds (mean, 95% bootstrap interval, P(A better)), and per seed
@@ -37,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_search import paired_difference  # noqa: E402
 
+from nars.data.coins import generate_coins  # noqa: E402
 from nars.data.shapes import generate_shapes  # noqa: E402
 from nars.fileio import atomic_write_text  # noqa: E402
 from nars.search.driver import EXPERIMENT_FILE, Search  # noqa: E402
@@ -63,13 +65,20 @@ def chosen_trial(run: Path, which: str) -> dict[str, Any]:
 
 
 def test_split(exp: dict[str, Any], work: Path, images: int) -> tuple[Path, Path]:
-    """The test images: the runs' generated dataset made again with ``TEST_SEED``."""
-    shapes = exp["dataset"].get("shapes")
-    if not shapes:
-        raise SystemExit("the runs' experiment has no generated dataset (dataset.shapes) to draw a test split from")
-    out = work / f"test_{shapes['domain']}_{shapes['size']}px_{images}"
-    generate_shapes(out, train=1, val=images, size=shapes["size"], seed=TEST_SEED, domain=shapes["domain"],
-                    progress=False)
+    """The test images: the runs' generated dataset (``dataset.shapes``, or COCO files that
+    ``nars data coins`` wrote: their ``info.params``) made again with ``TEST_SEED``."""
+    shapes = exp["dataset"]["shapes"]
+    if shapes["out"]:
+        out = work / f"test_{shapes['domain']}_{shapes['size']}px_{images}"
+        generate_shapes(out, train=1, val=images, size=shapes["size"], seed=TEST_SEED, domain=shapes["domain"],
+                        progress=False)
+        return out / "val.json", out / "val"
+    val = Path(exp.get("workdir", REPO)) / exp["dataset"]["val"]["json"]
+    params = json.loads(val.read_text()).get("info", {}).get("params", {})
+    if params.get("generator") != "nars.data.coins":
+        raise SystemExit(f"{val}: not a generated dataset (shapes or nars data coins): no test split to draw")
+    out = work / f"test_coins_{params['size']}px_{images}"
+    generate_coins(out, train=1, val=images, size=params["size"], seed=TEST_SEED, progress=False)
     return out / "val.json", out / "val"
 
 
