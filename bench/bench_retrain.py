@@ -12,7 +12,8 @@ each of ``--seeds``): ``winner`` is what ``nars export --best`` picks
 (``nars.search.fronts.tuned_parent``), ``reference`` its reference. Each is trained again from
 the run's parent for ``--iters`` iterations, all of them alike, with its own recipe's schedule
 stretched to fit (``Search.trial_config`` at ``verify.max_iter ITERS``, as the search stretches it
-for its reference) and the run's seed, one thread, ``--jobs`` at a time. It is then evaluated on a **test split**:
+for its reference) and the run's seed, one thread, ``--jobs`` at a time. A ``bench_search.py`` work folder's
+baselines work too (``random=winner:WORK/runs/random/seed{seed}``: its verified best). It is then evaluated on a **test split**:
 ``--test-images`` new images generated like the runs' dataset with another seed, which no
 search (and no parent) saw. For the coins (``coins_finetune``) they are new composites of the
 validation coins: coin faces no training image shows, in layouts no search evaluated.
@@ -42,6 +43,7 @@ from nars.data.coins import generate_coins  # noqa: E402
 from nars.data.shapes import generate_shapes  # noqa: E402
 from nars.fileio import atomic_write_text  # noqa: E402
 from nars.search.driver import EXPERIMENT_FILE, Search  # noqa: E402
+from nars.search.experiment import load_experiment  # noqa: E402
 from nars.search.export import pick  # noqa: E402
 from nars.search.fronts import tuned_parent  # noqa: E402
 from nars.search.paired import paired_images, per_image  # noqa: E402
@@ -62,6 +64,16 @@ def chosen_trial(run: Path, which: str) -> dict[str, Any]:
     if trial is None:
         raise SystemExit(f"{run}: no {which} (a run without a recipe stage has no tuned parent)")
     return trial
+
+
+def run_experiment(run: Path, seed: int) -> dict[str, Any]:
+    """The experiment a run trained with: a search's stored copy, or for one of
+    ``bench_search.py``'s baselines (``WORK/runs/METHOD/seedS``, no copy of its own) the
+    benchmark's experiment with its overrides and the seed (``WORK/results.json``)."""
+    if (run / EXPERIMENT_FILE).is_file():
+        return json.loads((run / EXPERIMENT_FILE).read_text())
+    bench = json.loads((run.parents[2] / "results.json").read_text())
+    return load_experiment(bench["experiment"], [*bench["overrides"], "seed", str(seed)])
 
 
 def test_split(exp: dict[str, Any], work: Path, images: int) -> tuple[Path, Path]:
@@ -94,7 +106,7 @@ def retrain(label: str, which: str, run: Path, seed: int, iters: int, test: tupl
         return json.loads(result_file.read_text())
     shutil.rmtree(out, ignore_errors=True)  # a half-trained model starts over
     trial = chosen_trial(run, which)
-    exp = json.loads((run / EXPERIMENT_FILE).read_text())
+    exp = run_experiment(run, seed)
     exp["verify"]["max_iter"] = iters
     if not Path(exp.get("workdir", ".")).is_dir():  # the run's clone is gone: its parent is this repo's, same bytes
         exp["workdir"] = str(REPO)
@@ -131,7 +143,7 @@ def main() -> None:
         if which not in ("winner", "tuned_parent", "reference") or not pattern:
             raise SystemExit(f"--model {spec!r}: expected LABEL=WHICH:RUN with WHICH winner, tuned_parent or reference")
         models += [(label, which, Path(pattern.format(seed=s)), s) for s in args.seeds]
-    test = test_split(json.loads((models[0][2] / EXPERIMENT_FILE).read_text()), work, args.test_images)
+    test = test_split(run_experiment(models[0][2], models[0][3]), work, args.test_images)
     with ProcessPoolExecutor(args.jobs) as pool:
         jobs = [pool.submit(retrain, label, which, run, s, args.iters, test, work / label / f"seed{s}")
                 for label, which, run, s in models]
