@@ -79,7 +79,8 @@ def main() -> None:
     args = parser.parse_args()
     work, out = Path(args.work), Path(args.out)
     rows: list[dict[str, Any]] = []
-    for source in sorted(work.glob("runs/NARS/seed*"), key=lambda p: int(p.name.removeprefix("seed"))):
+    finished = [p.parent for p in work.glob("runs/NARS/seed*/wall.json")]  # bench_search's mark of a finished run
+    for source in sorted(finished, key=lambda p: int(p.name.removeprefix("seed"))):
         seed, run = int(source.name.removeprefix("seed")), out / "runs" / "NARS" / source.name
         if not (run / "done").is_file():
             shutil.rmtree(run, ignore_errors=True)  # an interrupted copy starts over
