@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import paired_difference  # noqa: E402
+from bench_search import printed_difference  # noqa: E402
 from bench_verify_gate import set_verify  # noqa: E402
 
 from nars.fileio import atomic_write_text  # noqa: E402
@@ -85,7 +85,8 @@ def main() -> None:
         if not (run / "done").is_file():
             shutil.rmtree(run, ignore_errors=True)  # an interrupted copy starts over
             # the experiment file comes back from the store's copy when the run resumes
-            shutil.copytree(source, run, ignore=lambda d, names: [n for n in names if n in ("ray", "wall.json", EXPERIMENT_FILE)]
+            dropped = ("ray", "wall.json", EXPERIMENT_FILE)
+            shutil.copytree(source, run, ignore=lambda d, names: [n for n in names if n in dropped]
                             if Path(d) == source else [])
             set_verify(run, rescore=args.rescore + args.holdout)
             search(None, [], resume=str(run), progress=False)
@@ -98,19 +99,13 @@ def main() -> None:
               f"{row['rescored']} (held out {held[row['rescored']]:.4f}); reference held out "
               f"{held[reference]:.4f}", flush=True)
 
-    def compare(label: str, ours: dict[int, float], theirs: dict[int, float]) -> dict[str, Any]:
-        d = paired_difference(ours, theirs)
-        print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']} runs, "
-              f"P(better) {d['p_improvement']:.2f}")
-        return {"comparison": label, **d}
-
     def held(rule: str) -> dict[int, float]:
         return {r["seed"]: r["held_out"][r[rule]] for r in rows}
 
     reference = {r["seed"]: r["held_out"][r["reference"]] for r in rows}
-    comparisons = [compare("held out: re-scored pick minus one-seed pick", held("rescored"), held("one_seed")),
-                   compare("held out: one-seed pick minus the reference", held("one_seed"), reference),
-                   compare("held out: re-scored pick minus the reference", held("rescored"), reference)]
+    comparisons = [printed_difference("held out: re-scored pick minus one-seed pick", held("rescored"), held("one_seed")),
+                   printed_difference("held out: one-seed pick minus the reference", held("one_seed"), reference),
+                   printed_difference("held out: re-scored pick minus the reference", held("rescored"), reference)]
     print(f"the rules picked differently on {sum(r['one_seed'] != r['rescored'] for r in rows)} of {len(rows)} runs")
     atomic_write_text(out / "results.json", json.dumps({"work": str(work), "rescore": args.rescore, "holdout": args.holdout,
                                                         "rows": rows, "paired": comparisons}, indent=1) + "\n")

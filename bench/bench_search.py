@@ -485,6 +485,14 @@ def paired_difference(ours: Mapping[Any, float], theirs: Mapping[Any, float], re
             "p_improvement": float(np.mean(diffs > 0) + 0.5 * np.mean(diffs == 0))}
 
 
+def printed_difference(label: str, ours: Mapping[Any, float], theirs: Mapping[Any, float]) -> dict[str, Any]:
+    """``paired_difference``, printed on one line and labelled."""
+    d = paired_difference(ours, theirs)
+    print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']}, "
+          f"P(better) {d['p_improvement']:.2f}", flush=True)
+    return {"comparison": label, **d}
+
+
 def paired_table(rows: list[dict[str, Any]], methods: tuple[str, ...]) -> str:
     lines = ["| NARS minus | seeds | mean paired difference, best verified segm AP [95% bootstrap CI] "
              "| P(NARS better) |", "|---|---|---|---|"]

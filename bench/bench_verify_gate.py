@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_search import paired_difference  # noqa: E402
+from bench_search import printed_difference  # noqa: E402
 
 from nars.fileio import atomic_write_text  # noqa: E402
 from nars.search.driver import EXPERIMENT_FILE, Search, search  # noqa: E402
@@ -150,25 +150,18 @@ def main() -> None:
               f"old {[(v['id'], round(v[METRIC], 4)) for v in old]} new {[(v['id'], round(v[METRIC], 4)) for v in new]}"
               f"; repeated {repeated}", flush=True)
 
-    def compare(label: str, ours: dict[Any, float], theirs: dict[Any, float]) -> dict[str, Any]:
-        """Ours minus theirs, paired on the keys both have (seeds, or runs)."""
-        d = paired_difference(ours, theirs)
-        print(f"{label}: {d['mean']:+.4f} [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] over {d['seeds']}, "
-              f"P(better) {d['p_improvement']:.2f}")
-        return {"comparison": label, **d}
-
     def of(method: str, key: str) -> dict[int, float]:
         return {r["seed"]: r[key] for r in rows if r["method"] == method}
 
-    comparisons = [compare(f"{m}: new rule minus old rule", of(m, "new_best"), of(m, "old_best"))
+    comparisons = [printed_difference(f"{m}: new rule minus old rule", of(m, "new_best"), of(m, "old_best"))
                    for m in sorted({r["method"] for r in rows})]
     random = {r["seed"]: r["best_verified_ap"] for r in results["rows"] if r["method"] == "random"}
     if random:
-        comparisons.append(compare("NARS (new rule) minus random", of("NARS", "new_best"), random))
+        comparisons.append(printed_difference("NARS (new rule) minus random", of("NARS", "new_best"), random))
     tuned = {r["seed"]: r["tuned_parent"][METRIC] for r in rows if r["method"] == "recipe" and r["tuned_parent"]}
     if tuned:
-        comparisons.append(compare("recipe (new rule) minus its tuned parent", of("recipe", "new_best"), tuned))
-    comparisons.append(compare("the second verified model, new rule minus old rule (over runs)",
+        comparisons.append(printed_difference("recipe (new rule) minus its tuned parent", of("recipe", "new_best"), tuned))
+    comparisons.append(printed_difference("the second verified model, new rule minus old rule (over runs)",
                                {i: min(v[METRIC] for v in r["new"]) for i, r in enumerate(rows)},
                                {i: min(v[METRIC] for v in r["old"]) for i, r in enumerate(rows)}))
     pooled = pooled_tau(work)
