@@ -48,7 +48,7 @@ from nars.search.export import pick  # noqa: E402
 from nars.search.fronts import tuned_parent  # noqa: E402
 from nars.search.paired import paired_images, per_image  # noqa: E402
 from nars.search.stage1 import METRIC  # noqa: E402
-from nars.search.store import read_trials  # noqa: E402
+from nars.search.store import STORE_FILE, RunStore  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_SEED = 1_000_003  # the test split's generator seed: no run's dataset uses it
@@ -57,7 +57,11 @@ RESULT = "result.json"
 
 def chosen_trial(run: Path, which: str) -> dict[str, Any]:
     """The run's trial that ``which`` names."""
-    trials = read_trials(run)
+    store = RunStore(run / STORE_FILE, readonly=True)  # not read_trials: a bench_search baseline's store has no experiment
+    try:
+        trials = store.trials()
+    finally:
+        store.close()
     if which == "winner":
         return pick(trials, None, None)
     trial = tuned_parent(trials) if which == "tuned_parent" else next(t for t in trials if t["stage"] == "reference")
