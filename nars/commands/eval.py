@@ -1,4 +1,5 @@
-"""``nars eval CONFIG --weights CKPT [--json] [KEY VALUE ...]``: COCO AP on DATASETS.TEST."""
+"""``nars eval CONFIG --weights CKPT [--engine E] [--json] [KEY VALUE ...]``: COCO AP on DATASETS.TEST,
+of a checkpoint in PyTorch or of an exported graph (fp32 or int8) in onnxruntime."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from nars.commands.config_args import add_config_arguments, parse_late_options
 from nars.config import load_config
 from nars.engine import distributed as comm
 from nars.engine.console import setup_logging
-from nars.engine.evaluator import METRICS, Evaluation, evaluate_checkpoint
+from nars.engine.evaluator import METRICS, Evaluation, evaluate_checkpoint, evaluate_onnx
+from nars.engine.inference import ENGINES, check_engine
 from nars.errors import UserError
 
 
@@ -19,7 +21,11 @@ def _options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="CKPT",
                         help="checkpoint to evaluate (required): a path or a named checkpoint; its own weights "
                              "(its EMA copy with MODEL.WEIGHTS_EMA true), and with MODEL_EMA.ENABLED its EMA "
-                             "copy as well (rows ema_bbox, ema_segm), as d2go evaluates")
+                             "copy as well (rows ema_bbox, ema_segm), as d2go evaluates; with --engine "
+                             "onnxruntime, a nars deploy .onnx file")
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
+                        help="torch: the checkpoint in PyTorch (distributed under torchrun); onnxruntime: an "
+                             "exported graph, fp32 or int8, in this process")
     parser.add_argument("--json", action="store_true",
                         help='print one JSON object {"bbox": {...}, "segm": {...}[, "ema_bbox": ..., "ema_segm": ...]}')
 
@@ -39,9 +45,13 @@ def run_eval(args: argparse.Namespace) -> int:
     args = parse_late_options(args)
     if not args.weights:
         raise UserError("--weights CKPT is required")
+    check_engine(args.weights, args.engine)
     cfg = load_config(args.config, args.overrides)
     setup_logging()
-    result = comm.launch(_process, (cfg, args.weights), 1, comm.device_for(cfg["MODEL"]["DEVICE"]))
+    if args.engine == "onnxruntime":
+        result = evaluate_onnx(cfg, args.weights)
+    else:
+        result = comm.launch(_process, (cfg, args.weights), 1, comm.device_for(cfg["MODEL"]["DEVICE"]))
     if os.environ.get("RANK", "0") != "0" or result is None:  # torchrun: the main process reports
         return 0
     if args.json:

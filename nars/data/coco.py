@@ -293,6 +293,10 @@ class CocoInstances(Dataset):
     def __len__(self) -> int:
         return len(self._records)
 
+    def image_paths(self) -> list[str]:
+        """Each listed image's file, in the JSON's order."""
+        return [r.path for r in self._records]
+
     def class_counts(self) -> dict[str, int]:
         """Kept instances per category name."""
         counts = Counter(int(label) for r in self._records for label in r.labels)

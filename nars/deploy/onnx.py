@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -42,7 +43,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import boxes as box_ops
 
 from nars.data.shapes import render
-from nars.engine.inference import load_predictor, run_image
+from nars.engine.inference import load_predictor, read_categories, run_image
+from nars.engine.loading import checkpoint_categories
 from nars.errors import UserError
 from nars.fileio import atomic_write_bytes
 from nars.model.fbnetv3is import FBNetV3IS
@@ -54,6 +56,10 @@ MIN_OPSET = 16  # GridSample; RoiAlign's coordinate_transformation_mode (torchvi
 MAX_OPSET = 20  # torch's TorchScript exporter (dynamo=False, which exports batched NMS)
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("boxes", "scores", "labels", "masks")
+# the graph's own description, in its metadata_props: what runs it needs to know
+PRECISION_KEY = "nars.precision"  # fp32, or int8 (nars.deploy.quantize)
+SCORE_KEY = "nars.score_threshold"  # MODEL.ROI_HEADS.SCORE_THRESH_TEST, fixed at export
+CATEGORIES_KEY = "nars.categories"  # JSON [{"id", "name"}] in label order, as training stored them
 
 
 PRECISION_BITS = 22  # Pillow's fixed-point coefficients (32 - 8 - 2 bits)
@@ -199,10 +205,28 @@ def _exportable_norms(model: nn.Module) -> nn.Module:
     return model
 
 
-def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
+def with_metadata(model: onnx.ModelProto, metadata: Mapping[str, str]) -> onnx.ModelProto:
+    """``model`` with ``metadata`` as its metadata_props (replacing any)."""
+    del model.metadata_props[:]
+    for key, value in metadata.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    return model
+
+
+def read_metadata(model: onnx.ModelProto | ort.InferenceSession) -> dict[str, str]:
+    """A graph's metadata_props, from the model or a session of it."""
+    if isinstance(model, ort.InferenceSession):
+        return dict(model.get_modelmeta().custom_metadata_map)
+    return {entry.key: entry.value for entry in model.metadata_props}
+
+
+def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET,
+                categories: Sequence[Mapping[str, Any]] | None = None) -> None:
     """Write ``model``'s inference for one image to ``path`` (atomically; the module
-    docstring has the graph's inputs and outputs). ``model`` itself is left as it is: a copy
-    is folded (``fuse_for_inference``) and traced on the CPU."""
+    docstring has the graph's inputs and outputs), with its precision, score threshold and
+    ``categories`` as metadata. ``model`` itself is left as it is: a copy is folded
+    (``fuse_for_inference``) and traced on the CPU."""
     path = _checked_target(path, opset)
     fused = _exportable_norms(fuse_for_inference(copy.deepcopy(model).cpu()))
     t = fused.transform
@@ -216,11 +240,14 @@ def export_onnx(model: FBNetV3IS, path: str | Path, opset: int = OPSET) -> None:
             dynamic_axes={INPUT_NAME: {1: "height", 2: "width"}, **{name: {0: "detections"} for name in OUTPUT_NAMES},
                           "masks": {0: "detections", 2: "height", 3: "width"}},
         )
-    graph = onnx.load_model_from_string(buffer.getvalue()).graph
-    foreign = sorted({f"{n.domain}::{n.op_type}" for n in graph.node if n.domain not in ("", "ai.onnx")})
+    exported = onnx.load_model_from_string(buffer.getvalue())
+    foreign = sorted({f"{n.domain}::{n.op_type}" for n in exported.graph.node if n.domain not in ("", "ai.onnx")})
     if foreign:  # a bug here, not the user's: stock onnxruntime could not run the file
         raise RuntimeError(f"export used non-standard ONNX ops: {', '.join(foreign)}")
-    atomic_write_bytes(path, buffer.getvalue(), "the ONNX model")
+    metadata = {PRECISION_KEY: "fp32", SCORE_KEY: repr(float(model.roi_heads.score_thresh))}
+    if categories:
+        metadata[CATEGORIES_KEY] = json.dumps([{"id": int(c["id"]), "name": str(c["name"])} for c in categories])
+    atomic_write_bytes(path, with_metadata(exported, metadata).SerializeToString(), "the ONNX model")
 
 
 _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph, ort_errors.InvalidProtobuf,
@@ -236,6 +263,9 @@ def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    # idle threads sleep, as OMP_WAIT_POLICY=PASSIVE makes PyTorch's: spinning ones made 2-thread
+    # runs on a shared CPU 1.7x slower (BENCHMARKS.md, int8)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except _LOAD_ERRORS as e:
@@ -270,6 +300,33 @@ def run_onnx(session: ort.InferenceSession, image: Image.Image | Tensor | np.nda
     """One image's detections, as the PyTorch model's output dict (CPU tensors)."""
     outputs = session.run(list(OUTPUT_NAMES), {INPUT_NAME: image_array(image)})
     return {name: torch.from_numpy(value) for name, value in zip(OUTPUT_NAMES, outputs)}
+
+
+class OnnxDetector:
+    """An exported graph called as the PyTorch model is: a list of images (float ``[3, H, W]``
+    in [0, 1], or uint8) in, one output dict per image out; so evaluation and prediction run
+    exactly the file that is deployed."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        self.path = Path(path)
+        self.session = onnx_session(path, threads)
+        self.metadata = read_metadata(self.session)
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.get(PRECISION_KEY, "fp32")
+
+    @property
+    def score_threshold(self) -> float | None:
+        """The SCORE_THRESH_TEST the graph was exported with (None: a file without NARS metadata)."""
+        return float(self.metadata[SCORE_KEY]) if SCORE_KEY in self.metadata else None
+
+    @property
+    def categories(self) -> list[dict[str, Any]] | None:
+        return json.loads(self.metadata[CATEGORIES_KEY]) if CATEGORIES_KEY in self.metadata else None
+
+    def __call__(self, images: Sequence[Tensor | np.ndarray | Image.Image]) -> list[dict[str, Tensor]]:
+        return [run_onnx(self.session, image) for image in images]
 
 
 @dataclass(frozen=True)
@@ -329,6 +386,6 @@ def export_checked(cfg: Mapping[str, Any], weights: str, path: str | Path, opset
     :func:`synthetic_image`; their :class:`Parity`."""
     _checked_target(path, opset)  # before the model loads
     model, device = load_predictor(cfg, weights)
-    export_onnx(model, path, opset)
+    export_onnx(model, path, opset, read_categories(cfg, checkpoint_categories(weights)))
     image = synthetic_image()
     return compare_detections(run_image(model, image, device), run_onnx(onnx_session(path, threads), image))

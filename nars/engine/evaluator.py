@@ -20,13 +20,14 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import copy
 import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from pycocotools import mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from torch import nn
+from tqdm import tqdm
 
 from nars.data.coco import CocoInstances, dataset_from_config
 from nars.data.loader import build_test_loader
@@ -43,6 +45,8 @@ from nars.errors import UserError
 from nars.model.fbnetv3is import build_model
 from nars.model.fuse import fuse_for_inference
 from nars.model.transform import binary_masks
+
+logger = logging.getLogger(__name__)
 
 IOU_TYPES = ("bbox", "segm")
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -205,19 +209,20 @@ class Evaluation:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
 
+Detector = Callable[[list[torch.Tensor]], list[dict[str, torch.Tensor]]]
+
+
 @torch.no_grad()
-def inference_on_dataset(model: nn.Module, loader: Iterable[Any], evaluator: CocoEvaluator,
-                         device: torch.device) -> Evaluation:
-    """Score ``model`` on ``loader``: a copy of it, fused for inference (nars.model.fuse), runs,
-    so ``model`` itself is left as it was. Randomness is forked, so evaluating never changes a
-    training run's RNG stream."""
-    model = fuse_for_inference(copy.deepcopy(model))
+def run_on_dataset(detector: Detector, loader: Iterable[Any], evaluator: CocoEvaluator,
+                   device: torch.device) -> Evaluation:
+    """Score ``detector`` (images in, output dicts out: the model, or an exported graph) on
+    ``loader``. Randomness is forked, so evaluating never changes a training run's RNG stream."""
     evaluator.reset()
     images, seconds = 0, 0.0
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for batch, targets in loader:
             start = time.perf_counter()
-            outputs = model([image.to(device) for image in batch])
+            outputs = detector([image.to(device) for image in batch])
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - start
@@ -228,12 +233,27 @@ def inference_on_dataset(model: nn.Module, loader: Iterable[Any], evaluator: Coc
     return Evaluation(metrics, sum(c[0] for c in counts), max(c[1] for c in counts))
 
 
+def inference_on_dataset(model: nn.Module, loader: Iterable[Any], evaluator: CocoEvaluator,
+                         device: torch.device) -> Evaluation:
+    """Score ``model`` on ``loader``: a copy of it, fused for inference (nars.model.fuse), runs,
+    so ``model`` itself is left as it was."""
+    return run_on_dataset(fuse_for_inference(copy.deepcopy(model)), loader, evaluator, device)
+
+
 def check_classes(cfg: Mapping[str, Any], dataset: CocoInstances) -> None:
     """The config's class count must be the dataset's."""
     classes = cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"]
     if dataset.num_classes != classes:
         raise UserError(f"MODEL.ROI_HEADS.NUM_CLASSES is {classes} but {dataset.json_path} has {dataset.num_classes} "
                         f"categories; set MODEL.ROI_HEADS.NUM_CLASSES {dataset.num_classes}")
+
+
+def _test_set(cfg: Mapping[str, Any]) -> tuple[Iterable[Any], CocoEvaluator]:
+    """``DATASETS.TEST``'s loader (this process's shard) and an evaluator for it."""
+    dataset = dataset_from_config(cfg, "TEST", train=False)
+    check_classes(cfg, dataset)
+    loader = build_test_loader(dataset, 1, cfg["DATALOADER"]["NUM_WORKERS"], distributed=comm.get_world_size() > 1)
+    return loader, CocoEvaluator(dataset.json_path, dataset.label_to_category_id)
 
 
 def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
@@ -244,10 +264,7 @@ def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
     model = build_model(cfg)
     use_ema = cfg["MODEL"]["WEIGHTS_EMA"]
     load_run_weights(model, weights, use_ema, complete=True)
-    dataset = dataset_from_config(cfg, "TEST", train=False)
-    check_classes(cfg, dataset)
-    loader = build_test_loader(dataset, 1, cfg["DATALOADER"]["NUM_WORKERS"], distributed=comm.get_world_size() > 1)
-    evaluator = CocoEvaluator(dataset.json_path, dataset.label_to_category_id)
+    loader, evaluator = _test_set(cfg)
     model = comm.to_device(model, device)
     result = inference_on_dataset(model, loader, evaluator, device)
     if cfg["MODEL_EMA"]["ENABLED"] and not use_ema and checkpoint_has_ema(weights):
@@ -255,3 +272,20 @@ def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
         ema = inference_on_dataset(model, loader, evaluator, device)
         result = Evaluation(with_ema(result.metrics, ema.metrics), result.images, result.seconds)
     return result
+
+
+def evaluate_onnx(cfg: Mapping[str, Any], path: str | Path, threads: int | None = None,
+                  progress: bool = False) -> Evaluation:
+    """COCO AP on ``DATASETS.TEST`` of an exported graph (``nars deploy``, fp32 or int8) in
+    onnxruntime, in this process; ``threads``: onnxruntime's intra-op threads (default: one
+    per core). The graph keeps the score threshold it was exported with."""
+    from nars.deploy.onnx import OnnxDetector  # onnxruntime loads only for this engine
+
+    detector = OnnxDetector(path, threads)
+    wanted = cfg["MODEL"]["ROI_HEADS"]["SCORE_THRESH_TEST"]
+    if detector.score_threshold is not None and detector.score_threshold != wanted:
+        logger.warning("%s was exported with score threshold %g, not the config's %g: its AP is for %g", path,
+                       detector.score_threshold, wanted, detector.score_threshold)
+    loader, evaluator = _test_set(cfg)
+    images = tqdm(loader, desc=f"eval {Path(path).name}", unit="image", disable=not progress, dynamic_ncols=True)
+    return run_on_dataset(detector, images, evaluator, torch.device("cpu"))

@@ -4,8 +4,12 @@ For each input image ``OUT/<name>.png`` shows the detections above the score thr
 (translucent masks, boxes, class names and scores), and ``OUT/predictions.json`` lists them
 in COCO results format (``image_id`` is the image's 1-based position among the inputs, and
 ``file_name`` says which file it is). Class names and category ids come from the
-checkpoint (NARS stores its training set's categories there), else from the config's
-dataset JSON when that file exists, else they are ``class 1..C`` with ids 1..C.
+checkpoint (NARS stores its training set's categories there) or the exported ONNX file
+(``nars deploy`` copies them into its metadata), else from the config's dataset JSON when
+that file exists, else they are ``class 1..C`` with ids 1..C.
+
+Engines: ``torch`` runs a checkpoint in PyTorch; ``onnxruntime`` runs a ``nars deploy``
+file (fp32 or int8), so what is deployed is what is looked at.
 
 Inputs are files, or folders whose image files (by suffix, not recursive) are taken in
 name order. A missing input is an error before anything is written; an image that cannot
@@ -23,7 +27,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -62,10 +66,11 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
     return images
 
 
-def read_categories(cfg: Mapping[str, Any], weights: str) -> list[dict[str, Any]]:
-    """``[{"id", "name"}]`` in label order (see the module docstring for where they come from)."""
+def read_categories(cfg: Mapping[str, Any], stored: Sequence[Mapping[str, Any]] | None) -> list[dict[str, Any]]:
+    """``[{"id", "name"}]`` in label order: ``stored`` (a checkpoint's or an ONNX file's) when
+    given, else as the module docstring says."""
     classes = cfg["MODEL"]["ROI_HEADS"]["NUM_CLASSES"]
-    categories = checkpoint_categories(weights)
+    categories = list(stored) if stored else None
     for split in ("TEST", "TRAIN"):
         json_path = cfg["DATASETS"][split]["JSON"]
         if categories is None and json_path and Path(json_path).is_file():
@@ -153,21 +158,59 @@ def run_image(model: FBNetV3IS, image: Image.Image, device: torch.device) -> dic
     return {k: v.cpu() for k, v in model([image_tensor(image).to(device)])[0].items()}
 
 
+ENGINES = ("torch", "onnxruntime")
+
+
+def check_engine(weights: str, engine: str) -> None:
+    """``weights`` must be what ``engine`` runs: a checkpoint for torch, an exported ``.onnx``
+    for onnxruntime (whose file check comes when it loads)."""
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+    if engine == "torch" and str(weights).lower().endswith(".onnx"):
+        raise UserError(f"--weights {weights} is an ONNX model: add --engine onnxruntime")
+
+
+def above(output: Mapping[str, torch.Tensor], threshold: float) -> dict[str, torch.Tensor]:
+    """The detections scoring above ``threshold``: what the model gives with SCORE_THRESH_TEST
+    ``threshold`` when the graph's own threshold is lower (a lower-scoring box never suppresses
+    a higher one in NMS, and the top-k keeps the highest)."""
+    keep = output["scores"] > threshold
+    return {k: v[keep] for k, v in output.items()}
+
+
+def image_runner(cfg: Mapping[str, Any], weights: str, engine: str, score_threshold: float
+                 ) -> tuple[Callable[[Image.Image], dict[str, torch.Tensor]], list[dict[str, Any]]]:
+    """A call that gives one image's detections above ``score_threshold`` with ``engine``,
+    and the categories (module docstring) in label order."""
+    check_engine(weights, engine)
+    if engine == "onnxruntime":
+        from nars.deploy.onnx import OnnxDetector  # onnxruntime loads only for this engine
+
+        detector = OnnxDetector(weights)
+        floor = detector.score_threshold
+        if floor is not None and score_threshold < floor:
+            raise UserError(f"--score-threshold {score_threshold} is below the {floor} {weights} was exported with "
+                            "(MODEL.ROI_HEADS.SCORE_THRESH_TEST at nars deploy)")
+        return (lambda image: above(detector([image])[0], score_threshold)), read_categories(cfg, detector.categories)
+    cfg = copy.deepcopy(dict(cfg))
+    cfg["MODEL"]["ROI_HEADS"]["SCORE_THRESH_TEST"] = score_threshold  # the model drops lower scores itself
+    model, device = load_predictor(cfg, weights)
+    return (lambda image: run_image(model, image, device)), read_categories(cfg, checkpoint_categories(weights))
+
+
 @torch.no_grad()
 def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], out_dir: str | Path,
-            score_threshold: float = 0.5) -> PredictionSummary:
-    """Overlays and ``predictions.json`` for ``inputs`` in ``out_dir``; everything is checked
-    before the first file is written."""
+            score_threshold: float = 0.5, engine: str = "torch") -> PredictionSummary:
+    """Overlays and ``predictions.json`` for ``inputs`` in ``out_dir``, with ``engine``
+    (``weights``: a checkpoint for torch, an exported ``.onnx`` for onnxruntime); everything
+    is checked before the first file is written."""
     if not 0.0 <= score_threshold <= 1.0:
         raise UserError(f"--score-threshold must be in [0, 1], got {score_threshold}")
     paths = find_images(inputs)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a folder")
-    cfg = copy.deepcopy(dict(cfg))
-    cfg["MODEL"]["ROI_HEADS"]["SCORE_THRESH_TEST"] = score_threshold  # the model drops lower scores itself
-    model, device = load_predictor(cfg, weights)
-    categories = read_categories(cfg, weights)
+    run, categories = image_runner(cfg, weights, engine, score_threshold)
     label_to_id = {label: c["id"] for label, c in enumerate(categories, start=1)}
     names = [c["name"] for c in categories]
     make_dirs(out_dir, "the --out folder")
@@ -182,7 +225,7 @@ def predict(cfg: Mapping[str, Any], weights: str, inputs: Sequence[str | Path], 
             summary.skipped += 1
             continue
         start = time.perf_counter()
-        output = run_image(model, image, device)
+        output = run(image)
         summary.seconds += time.perf_counter() - start
         summary.images += 1
         summary.detections += len(output["scores"])
