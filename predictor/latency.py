@@ -26,6 +26,7 @@ so each search on the machine sharpens the predictor at a few seconds' cost.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -165,18 +166,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def cache_key(space: SearchSpace, threads: int) -> dict[str, Any]:
-    """What a measurement depends on: machine, threads, torch, and the bound space (arch
-    template and cost templates: input size, detections, RoIs)."""
+def cache_key(space: SearchSpace, threads: int, engine: str = "torch") -> dict[str, Any]:
+    """What a measurement depends on: machine, threads, engine, torch (and onnxruntime for its
+    engines), and the bound space (arch template and cost templates: input size, detections,
+    RoIs)."""
     templates = json.dumps([repr(space.arch_template), {k: repr(v) for k, v in space.cost_templates.items()}])
     return {
         "cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.machine(), "torch": torch.__version__,
-        "threads": threads, "engine": "torch", "space": space.name,
+        "threads": threads, "engine": engine, "space": space.name,
         "space_hash": hashlib.sha256(templates.encode()).hexdigest()[:12],
         "input_size": [repr(space.cost_templates["INPUT.MIN_SIZE_TEST"]),
                        repr(space.cost_templates["INPUT.MAX_SIZE_TEST"])],
         "detections": repr(space.cost_templates["TEST.DETECTIONS_PER_IMAGE"]),
         "features": list(FEATURES), "block_features": list(BLOCK_FEATURES),
+        **({} if engine == "torch" else {"onnxruntime": importlib.metadata.version("onnxruntime")}),
     }
 
 
@@ -196,16 +199,19 @@ def read_cache(path: Path, key: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def measure_configs(cfgs: Sequence[Mapping[str, Any]], *, threads: int = 2, runs: int = 7,
-                    input_size: tuple[int, int] | None = None, progress: bool = False) -> list[dict[str, Any]]:
+                    input_size: tuple[int, int] | None = None, engine: str = "torch",
+                    progress: bool = False) -> list[dict[str, Any]]:
     """What the predictor is fitted on, per config: ``LatencyResult`` fields (the models
-    timed together, round-robin), in-context block times and ``config_features``."""
+    timed together, round-robin, with ``engine``), in-context block times and
+    ``config_features``."""
     from nars.deploy.latency import block_latencies, measure_latencies
 
-    results = measure_latencies(cfgs, threads=threads, runs=runs, warmup=2, input_size=input_size, progress=progress)
+    results = measure_latencies(cfgs, engine=engine, threads=threads, runs=runs, warmup=2, input_size=input_size,
+                                progress=progress)
     out = []
     for cfg, result in zip(cfgs, results):
         row, blocks = config_features(cfg, input_size=input_size)
-        block_ms = block_latencies(cfg, threads=threads, input_size=input_size)
+        block_ms = block_latencies(cfg, engine=engine, threads=threads, input_size=input_size)
         if len(block_ms) != len(blocks):  # the builder and the cost model walk the same specs
             raise RuntimeError(f"the model has {len(block_ms)} blocks, the cost model {len(blocks)}")
         out.append({**result.to_dict(), "features": row.tolist(), "block_features": blocks.tolist(),
@@ -224,13 +230,14 @@ def measure_space(
     max_params: float | None = None,
     cache: bool = True,
     runs: int = 7,
+    engine: str = "torch",
     progress: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Measure ``samples`` new candidates (uniform within the MFLOPs / params limits;
     ``config_of(candidate)``: the complete config a trial of it would run) and add them to
     the cached ones. Returns every measurement (``measure_configs``' dicts with id,
     candidate, MFLOPs) and ``{path, measured, cached, seconds}``."""
-    key = cache_key(space, threads)
+    key = cache_key(space, threads, engine)
     path = cache_path(key)
     stored = read_cache(path, key) if cache else []
     known = {m["id"] for m in stored}
@@ -238,7 +245,8 @@ def measure_space(
                   max_mflops=max_mflops, max_params=max_params)
     new = [s for s in pool if s.id not in known][:samples]
     start = time.perf_counter()
-    measured = measure_configs([config_of(s.candidate) for s in new], threads=threads, runs=runs, progress=progress)
+    measured = measure_configs([config_of(s.candidate) for s in new], threads=threads, runs=runs, engine=engine,
+                               progress=progress)
     now = time.time()
     stored += [{"id": s.id, "candidate": s.candidate, "mflops": s.mflops, **m, "time": now} for s, m in zip(new, measured)]
     stored = stored[-MAX_CACHED:]

@@ -113,6 +113,26 @@ def test_features_count_gn_rois_and_every_block_the_model_runs():
     assert sorted(set(more_blocks[:, batch])) == [1, 10, 60]  # image, mask RoIs (detections), box RoIs
 
 
+def test_onnxruntime_engines_time_the_deployed_graph_and_its_blocks(tiny_cfg):
+    """The int8 engine times the quantized graph; each block's time comes from onnxruntime's
+    profile, by the node names the exporter gives the block's module (a wrong mapping finds
+    no node and raises); the cache keeps each engine's measurements apart."""
+    from nars.deploy.latency import block_latencies, onnx_scope
+
+    assert onnx_scope("roi_heads.mask_head.feature_extractor.0.fbnetv2_0_4") == \
+        "/roi_heads/mask_head/feature_extractor/feature_extractor.0/fbnetv2_0_4/"
+    fp32 = measure_latencies([tiny_cfg(), tiny_cfg()], detections=2, threads=1, warmup=0, runs=1, engine="onnxruntime")
+    int8 = measure_latency(tiny_cfg(), detections=2, threads=1, warmup=0, runs=1, engine="onnxruntime-int8")
+    assert fp32[0].detections == int8.detections == 2 and int8.engine == "onnxruntime-int8"
+    cfg = load_config("search_shapes")
+    blocks = config_features(cfg)[1]
+    for engine in ("onnxruntime", "onnxruntime-int8"):
+        times = block_latencies(cfg, engine=engine, threads=1, runs=1)
+        assert len(times) == len(blocks) and all(t > 0 for t in times)
+    space, _ = _space()
+    assert cache_key(space, 2, "onnxruntime-int8") != cache_key(space, 2) == cache_key(space, 2, "torch")
+
+
 def test_every_kind_fits_the_same_measurements(tmp_path, monkeypatch):
     monkeypatch.setenv("NARS_CACHE", str(tmp_path))
     space, config_of = _space()

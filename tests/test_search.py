@@ -394,6 +394,8 @@ def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, cap
         ({"stage1": {"early_stop": {"grace_period": 5, "reduction_factor": 2, "wilcoxon_p": 0.0}}},
          "stage1.early_stop.wilcoxon_p must be in (0, 1] (a p-value) or null, got 0.0"),
         ({"stage2": {"objective": "speed"}}, "stage2.objective must be one of mflops, latency, got 'speed'"),
+        ({"latency": {"engine": "tvm"}},
+         "latency.engine must be one of torch, onnxruntime, onnxruntime-int8, got 'tvm'"),
         ({"dataset": {"shapes": {"out": ""}, "train": {"json": "/nope/train.json", "images": "/nope"},
                       "val": {"json": "/nope/val.json", "images": "/nope"}}}, "dataset.train.json: /nope/train.json does not exist"),
         ({"ray": {"address": "127.0.0.1:9"}}, "ray.address 127.0.0.1:9: nothing answers there"),

@@ -37,7 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     latency = group.add_parser("latency", help="inference latency on this CPU (median and p90 of timed runs)")
     latency.add_argument("arch_or_config", metavar="CONFIG",
                          help=f"a config file/name or a reference arch ({', '.join(REFERENCE_ARCHS)})")
-    latency.add_argument("--engine", choices=ENGINES, default="torch", help="torch (as nars predict runs it) or onnxruntime")
+    latency.add_argument("--engine", choices=ENGINES, default="torch",
+                         help="torch (as nars predict runs it), onnxruntime (the nars deploy graph) or "
+                              "onnxruntime-int8 (that graph quantized, calibrated on the timing image)")
     latency.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     latency.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"),
                          help="the image, kept at this size (default: the config's test size, square MIN_SIZE_TEST)")

@@ -18,13 +18,16 @@ Set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported for stable figures on a
 
 from __future__ import annotations
 
+import bisect
 import copy
 import functools
+import json
 import logging
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from nars.config import set_key
+from nars.deploy import ENGINES
 from nars.engine.distributed import to_device
 from nars.engine.loading import load_run_weights
 from nars.errors import UserError
@@ -40,7 +44,6 @@ from nars.model.fbnetv3is import build_model
 from nars.model.fuse import fuse_for_inference
 
 logger = logging.getLogger(__name__)
-ENGINES = ("torch", "onnxruntime")
 WARMUP, RUNS = 3, 10
 
 
@@ -97,19 +100,31 @@ def inference_model(cfg: Mapping[str, Any], weights: str | None = None) -> torch
     return fuse_for_inference(to_device(model, torch.device("cpu")))
 
 
+def exported_graph(model: torch.nn.Module, engine: str, image: torch.Tensor, path: str | Path) -> None:
+    """``model`` as the onnxruntime engines run it, at ``path``: its ``nars deploy`` graph,
+    quantized for ``onnxruntime-int8`` with ``image`` as the calibration (the ranges do not
+    change the kernels, so the time)."""
+    from nars.deploy.onnx import export_onnx, image_array
+    from nars.deploy.quantize import quantize_graph
+
+    export_onnx(model, path)
+    if engine == "onnxruntime-int8":
+        quantize_graph(path, path, [image_array(image)])
+
+
 def _runner(cfg: Mapping[str, Any], engine: str, threads: int, weights: str | None,
             image: torch.Tensor, path: str) -> Callable[[], int]:
     """A call that runs one inference and returns the number of detections; the
-    onnxruntime engine exports the model to ``path`` first."""
+    onnxruntime engines export the model to ``path`` first."""
     model = inference_model(cfg, weights)
     if engine == "torch":
         def run() -> int:
             with torch.no_grad():
                 return len(model([image])[0]["boxes"])
         return run
-    from nars.deploy.onnx import export_onnx, image_array, onnx_session, run_onnx
+    from nars.deploy.onnx import image_array, onnx_session, run_onnx
 
-    export_onnx(model, path)
+    exported_graph(model, engine, image, path)
     session, pixels = onnx_session(path, threads), image_array(image)  # the graph's uint8 input, made once
     return lambda: len(run_onnx(session, pixels)["boxes"])
 
@@ -166,22 +181,64 @@ def measure_latency(cfg: Mapping[str, Any], **kwargs: Any) -> LatencyResult:
     return measure_latencies([cfg], **kwargs)[0]
 
 
-def block_latencies(cfg: Mapping[str, Any], *, threads: int = 2, runs: int = 3,
+def onnx_scope(module_name: str) -> str:
+    """The node-name prefix the TorchScript exporter gives a submodule's nodes: its path,
+    with a numbered child (of a Sequential) named ``parent.index``."""
+    parts = module_name.split(".")
+    return "/" + "/".join(f"{parts[i - 1]}.{p}" if p.isdigit() and i else p for i, p in enumerate(parts)) + "/"
+
+
+def _onnx_block_times(model: torch.nn.Module, names: Sequence[str], engine: str, image: torch.Tensor,
+                      threads: int, runs: int) -> list[list[float]]:
+    """Per block (module ``names``), its nodes' kernel time (ms) in each of ``runs`` graph
+    runs after one warm-up, from onnxruntime's profile: a block is the nodes under its scope,
+    fused and quantization nodes included."""
+    from nars.deploy.onnx import image_array, onnx_session, run_onnx
+
+    with tempfile.TemporaryDirectory(prefix="nars-latency-") as tmp:
+        exported_graph(model, engine, image, f"{tmp}/model.onnx")
+        session = onnx_session(f"{tmp}/model.onnx", threads, profile=f"{tmp}/profile")
+        pixels = image_array(image)
+        for _ in range(runs + 1):
+            run_onnx(session, pixels)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    scopes = [onnx_scope(name) for name in names]
+    times = [[0.0] * len(starts) for _ in names]
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        run = bisect.bisect_right(starts, e["ts"]) - 1
+        for i, scope in enumerate(scopes):
+            if e["name"].startswith(scope):
+                times[i][run] += e["dur"] / 1e3
+                break
+    missing = [name for name, t in zip(names, times) if not any(t)]
+    if missing:  # the exporter named the nodes otherwise: a bug here, not the user's
+        raise RuntimeError(f"no onnxruntime node found for blocks {missing[:3]}")
+    return [t[1:] for t in times]
+
+
+def block_latencies(cfg: Mapping[str, Any], *, engine: str = "torch", threads: int = 2, runs: int = 3,
                     input_size: tuple[int, int] | None = None) -> list[float]:
     """Median in-context time (ms) of each block (stem and inverted residuals of trunk, RPN
-    and heads, in the model's order, as ``ModelCost.blocks`` lists them), from forward hooks
-    over ``runs`` forwards after one warm-up: what a per-block (nn-Meter style) latency
-    model is fitted on. Hooks cost microseconds, so whole-model figures come from
-    ``measure_latencies``, not from here."""
+    and heads, in the model's order, as ``ModelCost.blocks`` lists them) over ``runs``
+    inferences after one warm-up: what a per-block (nn-Meter style) latency model is fitted
+    on. PyTorch's from forward hooks, onnxruntime's from its profile (the exported graph,
+    int8 for ``onnxruntime-int8``). Both cost microseconds per block, so whole-model figures
+    come from ``measure_latencies``, not from here."""
     size = tuple(input_size) if input_size else test_input_size(cfg)
     model = inference_model(latency_config(cfg, size))
-    blocks = [m for name, m in model.named_modules() if name.rsplit(".", 1)[-1].startswith("fbnetv2_")]
-    times: list[list[float]] = [[] for _ in blocks]
-    starts = [0.0] * len(blocks)
-    for i, block in enumerate(blocks):
+    named = [(name, m) for name, m in model.named_modules() if name.rsplit(".", 1)[-1].startswith("fbnetv2_")]
+    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
+    if engine != "torch":
+        times = _onnx_block_times(model, [name for name, _ in named], engine, image, threads, runs)
+        return [float(np.median(t)) for t in times]
+    times = [[] for _ in named]
+    starts = [0.0] * len(named)
+    for i, (_, block) in enumerate(named):
         block.register_forward_pre_hook(lambda m, x, i=i: starts.__setitem__(i, time.perf_counter()))
         block.register_forward_hook(lambda m, x, y, i=i: times[i].append((time.perf_counter() - starts[i]) * 1e3))
-    image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -254,9 +254,10 @@ _LOAD_ERRORS = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidG
                 ort_errors.NoSuchFile, ort_errors.NotImplemented)
 
 
-def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
+def onnx_session(path: str | Path, threads: int | None = None, profile: str | None = None) -> ort.InferenceSession:
     """An onnxruntime CPU session of an :func:`export_onnx` file; ``threads``: intra-op
-    threads (None: onnxruntime's default, one per core)."""
+    threads (None: onnxruntime's default, one per core); ``profile``: a file prefix for
+    onnxruntime's per-node profile (``session.end_profiling()`` writes it)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such ONNX file")
@@ -266,6 +267,8 @@ def onnx_session(path: str | Path, threads: int | None = None) -> ort.InferenceS
     # idle threads sleep, as OMP_WAIT_POLICY=PASSIVE makes PyTorch's: spinning ones made 2-thread
     # runs on a shared CPU 1.7x slower (BENCHMARKS.md, int8)
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except _LOAD_ERRORS as e:

@@ -93,18 +93,19 @@ def calibration_images(sources: Sequence[Path], count: int, seed: int = 0) -> li
 
 
 class _Images(CalibrationDataReader):
-    """The graph's input (uint8 RGB [3, H, W]) for each calibration image, decoded lazily."""
+    """The graph's input (uint8 RGB [3, H, W]) for each calibration image: a file, decoded
+    when its turn comes, or the input itself."""
 
-    def __init__(self, paths: Sequence[Path], input_name: str, on_image: Callable[[], None]):
-        self._paths: Iterator[Path] = iter(paths)
+    def __init__(self, images: Sequence[Path | np.ndarray], input_name: str, on_image: Callable[..., object]):
+        self._images: Iterator[Path | np.ndarray] = iter(images)
         self._input_name, self._on_image = input_name, on_image
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        path = next(self._paths, None)
-        if path is None:
+        image = next(self._images, None)
+        if image is None:
             return None
         self._on_image()
-        pixels = np.asarray(read_rgb(path)).transpose(2, 0, 1)
+        pixels = image if isinstance(image, np.ndarray) else np.asarray(read_rgb(image)).transpose(2, 0, 1)
         return {self._input_name: np.ascontiguousarray(pixels)}
 
 
@@ -113,11 +114,11 @@ def int8_nodes(model: onnx.ModelProto) -> list[str]:
     return [n.name for n in model.graph.node if n.name.startswith(QUANTIZED_SCOPES) and n.op_type in QUANTIZED_OPS]
 
 
-def quantize_graph(fp32_path: str | Path, out_path: str | Path, images: Sequence[Path],
+def quantize_graph(fp32_path: str | Path, out_path: str | Path, images: Sequence[Path | np.ndarray],
                    progress: bool = False) -> QuantizedGraph:
-    """``fp32_path`` (an ``export_onnx`` file) quantized to ``out_path`` (atomically), activations
-    calibrated on ``images`` (a progress bar with ``progress``); its metadata is kept, with
-    ``nars.precision`` set to int8."""
+    """``fp32_path`` (an ``export_onnx`` file) quantized to ``out_path`` (atomically; it may be
+    ``fp32_path``), activations calibrated on ``images`` (files, or the graph's uint8 inputs;
+    a progress bar with ``progress``); its metadata is kept, with ``nars.precision`` int8."""
     source = onnx.load(str(fp32_path))
     root = logging.getLogger(_ORT_LOGGER)
     level = root.level

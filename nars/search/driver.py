@@ -147,7 +147,7 @@ class Search:
             self.latency_measurements, info = measure_space(
                 self.space, lambda candidate: self.trial_config(candidate, "verify"), samples=lat["samples"],
                 threads=lat["threads"], seed=self.exp["seed"], max_mflops=c["max_mflops"], max_params=c["max_params"],
-                progress=self.progress)
+                engine=lat["engine"], progress=self.progress)
             logger.info("latency predictor: %d candidates measured in %.0f s, %d from the cache (%s)",
                         info["measured"], info["seconds"], info["cached"], info["path"])
         return fit_measurements(self.latency_measurements, seed=self.exp["seed"])
@@ -438,7 +438,8 @@ class Search:
         if not todo:
             return
         results = measure_latencies([self.trial_config(t["candidate"], t["stage"]) for t in todo],
-                                    threads=self.exp["latency"]["threads"], progress=self.progress)
+                                    threads=self.exp["latency"]["threads"], engine=self.exp["latency"]["engine"],
+                                    progress=self.progress)
         for t, r in zip(todo, results):
             self.store.set_measured_latency(t["id"], r.median_ms)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nars.deploy import ENGINES as LATENCY_ENGINES
 from nars.errors import UserError
 from nars.schema import Schema, resolve_file
 
@@ -89,8 +90,10 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     # optimizer: nsga2 (numpy NSGA-II, nars.search.evolution) or a nevergrad name (DE, TwoPointsDE...)
     "stage2": {"optimizer": "nsga2", "budget": 20000, "batch_size": 1024, "use_params": False, "objective": "mflops"},
     # the latency predictor (when constraints.max_latency_ms is set or stage2.objective is
-    # latency): candidates measured per search (added to the machine's cache), threads timed with
-    "latency": {"samples": 24, "threads": 2},
+    # latency): candidates measured per search (added to the machine's cache), threads timed with,
+    # engine timed: torch (nars predict's path), onnxruntime (the nars deploy graph) or
+    # onnxruntime-int8 (that graph quantized, nars deploy --int8)
+    "latency": {"samples": 24, "threads": 2, "engine": "torch"},
     # rescore: extra seeds (the run's seed + 1, + 2, ...) each verified candidate, the reference and
     # the tuned parent train with before the winner is chosen by its mean segm AP over seeds;
     # min_tau: the predictor's front is verified only when its out-of-fold Kendall tau on stage
@@ -145,6 +148,9 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     if exp["stage2"]["objective"] not in OBJECTIVES:
         raise UserError(f"{path}: stage2.objective must be one of {', '.join(OBJECTIVES)}, "
                         f"got {exp['stage2']['objective']!r}")
+    if exp["latency"]["engine"] not in LATENCY_ENGINES:
+        raise UserError(f"{path}: latency.engine must be one of {', '.join(LATENCY_ENGINES)}, "
+                        f"got {exp['latency']['engine']!r}")
     for key, minimum in (("latency.samples", 4), ("latency.threads", 1)):
         section, name = key.split(".")
         if exp[section][name] < minimum:

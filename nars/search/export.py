@@ -102,9 +102,12 @@ def export_family(run_dir: Path, out: Path) -> list[dict[str, Any]]:
                         trial["stage"], trial["mflops"])
             folder = make_dirs(staging / trial["candidate_id"], "the family export")
             summaries.append(_write_member(run_dir, trial, experiment, folder, out / trial["candidate_id"], onnx=True))
-        logger.info("measuring the latency of the %d members together (%d threads) ...", len(members), FAMILY_THREADS)
+        # the engine the search traded AP against; runs from before latency.engine timed PyTorch
+        engine = ((experiment or {}).get("latency") or {}).get("engine", "torch")
+        logger.info("measuring the latency of the %d members together (%s, %d threads) ...", len(members), engine,
+                    FAMILY_THREADS)
         latencies = measure_latencies([load_config(staging / s["id"] / "config.yaml") for s in summaries],
-                                      threads=FAMILY_THREADS)
+                                      engine=engine, threads=FAMILY_THREADS)
         rows = [_family_row(s, lat.median_ms) for s, lat in zip(summaries, latencies)]
         atomic_write_text(staging / FAMILY_CSV, family_csv(rows), "the family table")
         atomic_write_text(staging / FAMILY_MD, family_markdown(rows, run_dir), "the family table")
