@@ -17,10 +17,12 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from engine_helpers import data_overrides, make_shapes
+from engine_helpers import data_overrides, make_shapes, one_thread
 from nars.cli import main
-from nars.deploy.onnx import OnnxDetector
-from nars.deploy.quantize import QUANTIZED_SCOPES
+from nars.config import load_config
+from nars.deploy.onnx import OnnxDetector, export_onnx, image_array, synthetic_image
+from nars.deploy.quantize import QUANTIZED_SCOPES, quantize_graph
+from nars.engine.inference import load_predictor
 
 GOLDEN = Path(__file__).parent / "data" / "d2go_golden"
 CONFIG = str(GOLDEN / "nars_config.yaml")
@@ -86,6 +88,19 @@ def test_int8_quantizes_the_network_and_keeps_the_rest_float(deployed, capsys):
     assert table, printed
     assert re.search(r"int8 - fp32: bbox [+-][\d.]+, segm [+-][\d.]+", printed)
     assert not list(root.glob(".int8.onnx.*")), "the temporary fp32 graph is removed"
+
+
+def test_an_int8_graph_runs_an_image_without_detections(tmp_path):
+    """An image none of whose detections pass the threshold gives empty outputs, as the fp32
+    graph does (onnxruntime once rewrote the box clipping's Reshape so that it failed)."""
+    cfg = load_config(CONFIG, ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "1.01"])
+    with one_thread():
+        model, _ = load_predictor(cfg, WEIGHTS)
+        export_onnx(model, tmp_path / "fp32.onnx")
+    image = synthetic_image(128, 128)
+    quantize_graph(tmp_path / "fp32.onnx", tmp_path / "int8.onnx", [image_array(image)])
+    out = OnnxDetector(tmp_path / "int8.onnx", threads=1)([image])[0]
+    assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 1, 128, 128)
 
 
 def test_onnxruntime_engine_scores_as_pytorch_does(deployed, capsys):

@@ -132,7 +132,7 @@ def _runner(cfg: Mapping[str, Any], engine: str, threads: int, weights: str | No
 def measure_latencies(
     cfgs: Sequence[Mapping[str, Any]],
     *,
-    engine: str = "torch",
+    engine: str | Sequence[str] = "torch",
     threads: int = 2,
     input_size: tuple[int, int] | None = None,
     detections: int | None = None,
@@ -141,11 +141,13 @@ def measure_latencies(
     weights: str | None = None,
     progress: bool = False,
 ) -> list[LatencyResult]:
-    """Each config's latency (see the module docstring), measured together round-robin.
-    ``input_size`` and ``detections`` default to each config's own; the thread count is
-    restored after."""
-    if engine not in ENGINES:
-        raise UserError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
+    """Each config's latency (see the module docstring), measured together round-robin, with
+    ``engine`` (or one engine per config: engines compared side by side). ``input_size`` and
+    ``detections`` default to each config's own; the thread count is restored after."""
+    engines = [engine] * len(cfgs) if isinstance(engine, str) else list(engine)
+    for name in engines:
+        if name not in ENGINES:
+            raise UserError(f"unknown engine {name!r}; expected one of {', '.join(ENGINES)}")
     if threads < 1 or runs < 1 or warmup < 0:
         raise UserError(f"latency needs threads >= 1, runs >= 1 and warmup >= 0, got {threads}, {runs}, {warmup}")
     if not cfgs:
@@ -158,8 +160,8 @@ def measure_latencies(
     torch.set_num_threads(threads)
     try:
         with tempfile.TemporaryDirectory(prefix="nars-latency-") as workdir:
-            runners = [_runner(cfg, engine, threads, weights, torch.rand(3, h, w, generator=generator),
-                               f"{workdir}/{i}.onnx") for i, (cfg, (h, w)) in enumerate(zip(timed, sizes))]
+            runners = [_runner(cfg, name, threads, weights, torch.rand(3, h, w, generator=generator),
+                               f"{workdir}/{i}.onnx") for i, (cfg, name, (h, w)) in enumerate(zip(timed, engines, sizes))]
             times: list[list[float]] = [[] for _ in runners]
             found = [0] * len(runners)
             rounds = tqdm(range(warmup + runs), desc="latency", unit="round", disable=not progress, dynamic_ncols=True)
@@ -172,8 +174,8 @@ def measure_latencies(
                         times[i].append((time.perf_counter() - start) * 1e3)
     finally:
         torch.set_num_threads(previous)
-    return [LatencyResult(float(np.median(t)), float(np.percentile(t, 90)), min(t), runs, engine, threads, size, n)
-            for t, size, n in zip(times, sizes, found)]
+    return [LatencyResult(float(np.median(t)), float(np.percentile(t, 90)), min(t), runs, name, threads, size, n)
+            for t, name, size, n in zip(times, engines, sizes, found)]
 
 
 def measure_latency(cfg: Mapping[str, Any], **kwargs: Any) -> LatencyResult:

@@ -141,6 +141,9 @@ def quantize_graph(fp32_path: str | Path, out_path: str | Path, images: Sequence
             model = onnx.load(str(quantized))
     finally:
         root.setLevel(level)
+    # the inferred shapes go: given them, onnxruntime rewrites the box clipping's Reshape to
+    # (0, -1), which fails on an image without detections (the fp32 export carries none either)
+    del model.graph.value_info[:]
     metadata = {**read_metadata(source), PRECISION_KEY: "int8", "nars.calibration_images": str(len(images))}
     atomic_write_bytes(Path(out_path), with_metadata(model, metadata).SerializeToString(), "the int8 ONNX model")
     kinds = {n.name: n.op_type for n in simplified.graph.node}

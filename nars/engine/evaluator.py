@@ -248,7 +248,7 @@ def check_classes(cfg: Mapping[str, Any], dataset: CocoInstances) -> None:
                         f"categories; set MODEL.ROI_HEADS.NUM_CLASSES {dataset.num_classes}")
 
 
-def _test_set(cfg: Mapping[str, Any]) -> tuple[Iterable[Any], CocoEvaluator]:
+def evaluation_setup(cfg: Mapping[str, Any]) -> tuple[Iterable[Any], CocoEvaluator]:
     """``DATASETS.TEST``'s loader (this process's shard) and an evaluator for it."""
     dataset = dataset_from_config(cfg, "TEST", train=False)
     check_classes(cfg, dataset)
@@ -264,7 +264,7 @@ def evaluate_checkpoint(cfg: Mapping[str, Any], weights: str) -> Evaluation:
     model = build_model(cfg)
     use_ema = cfg["MODEL"]["WEIGHTS_EMA"]
     load_run_weights(model, weights, use_ema, complete=True)
-    loader, evaluator = _test_set(cfg)
+    loader, evaluator = evaluation_setup(cfg)
     model = comm.to_device(model, device)
     result = inference_on_dataset(model, loader, evaluator, device)
     if cfg["MODEL_EMA"]["ENABLED"] and not use_ema and checkpoint_has_ema(weights):
@@ -286,6 +286,6 @@ def evaluate_onnx(cfg: Mapping[str, Any], path: str | Path, threads: int | None 
     if detector.score_threshold is not None and detector.score_threshold != wanted:
         logger.warning("%s was exported with score threshold %g, not the config's %g: its AP is for %g", path,
                        detector.score_threshold, wanted, detector.score_threshold)
-    loader, evaluator = _test_set(cfg)
+    loader, evaluator = evaluation_setup(cfg)
     images = tqdm(loader, desc=f"eval {Path(path).name}", unit="image", disable=not progress, dynamic_ncols=True)
     return run_on_dataset(detector, images, evaluator, torch.device("cpu"))
