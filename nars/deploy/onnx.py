@@ -91,11 +91,14 @@ def _pil_coefficients(in_size: Tensor, out_size: Tensor) -> tuple[Tensor, Tensor
     return index, fixed
 
 
-def _resample_last_axis(image: Tensor, out_size: Tensor) -> Tensor:
-    """One Pillow pass along the last axis of an int32 image: fixed-point sums, rounded
-    (``1 << 21`` added, then floor-divided) and clipped to 0..255, as ``clip8``."""
-    index, fixed = _pil_coefficients(torch.as_tensor(image.shape[-1]), out_size)
-    total = (image[..., index] * fixed).sum(-1) + (1 << (PRECISION_BITS - 1))
+def _resample_first_axis(pixels: Tensor, out_size: Tensor) -> Tensor:
+    """One Pillow pass along the first axis of an int32 ``[N, A, B]`` image: fixed-point sums,
+    rounded (``1 << 21`` added, then floor-divided) and clipped to 0..255, as ``clip8``. The
+    taps are gathered as whole rows (an element-wise gather along the last axis made the
+    resize of a 480x640 photo 4.8x slower in onnxruntime)."""
+    index, fixed = _pil_coefficients(torch.as_tensor(pixels.shape[0]), out_size)
+    taps = pixels[index.reshape(-1)].reshape(index.shape[0], index.shape[1], pixels.shape[1], pixels.shape[2])
+    total = (taps * fixed[:, :, None, None]).sum(1) + (1 << (PRECISION_BITS - 1))
     return torch.div(total, 1 << PRECISION_BITS, rounding_mode="floor").clamp(0, 255)
 
 
@@ -105,9 +108,9 @@ def resize_like_pil(image: Tensor, height: Tensor, width: Tensor) -> Tensor:
     integers, in integer arithmetic; traceable at any size. Pillow 13 resizes some tall
     images (height above about twice the width) vertically first: those differ by one grey
     level on some pixels. Returns float ``[C, height, width]`` with integer values."""
-    pixels = _resample_last_axis(image.to(torch.int32), width)
-    pixels = _resample_last_axis(pixels.transpose(1, 2), height).transpose(1, 2)
-    return pixels.to(torch.float32)
+    pixels = _resample_first_axis(image.to(torch.int32).permute(2, 0, 1), width)  # [width, C, H]
+    pixels = _resample_first_axis(pixels.permute(2, 0, 1), height)  # [height, width, C]
+    return pixels.permute(2, 0, 1).to(torch.float32)
 
 
 def resized_shape_tensor(height: Tensor, width: Tensor, short_edge: int, max_size: int) -> tuple[Tensor, Tensor]:
