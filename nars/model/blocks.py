@@ -115,7 +115,7 @@ def interleave_phases(phases: list[torch.Tensor]) -> torch.Tensor:
     empty batch: no detections for the mask head)."""
     y = torch.stack(phases, dim=2)
     n, c, _, h, w = y.shape
-    return y.view(n, c, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c, 2 * h, 2 * w)
+    return F.pixel_shuffle(y.reshape(n, 4 * c, h, w), 2)  # DepthToSpace in ONNX: one pass, no 6-d transpose
 
 
 class InvertedResidual(nn.Module):
