@@ -70,8 +70,8 @@ def latency_rows(searched: Path, runs: int) -> list[dict[str, Any]]:
                                     threads=THREADS, input_size=SIZE, detections=detections, runs=runs, warmup=3,
                                     progress=True)
         for (name, engine), r in zip(entries, results):
-            rows.append({"model": name, "engine": engine, "detections": r.detections, "median_ms": r.median_ms,
-                         "p90_ms": r.p90_ms, "min_ms": r.min_ms})
+            rows.append({"model": name, "engine": engine, "detections": detections, "returned": r.detections,
+                         "median_ms": r.median_ms, "p90_ms": r.p90_ms, "min_ms": r.min_ms})
     return rows
 
 

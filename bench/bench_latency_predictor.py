@@ -1,9 +1,12 @@
 """Latency predictor quality on held-out candidates, against MFLOPs and measurement noise.
 
     .venv/bin/python bench/bench_latency_predictor.py [--m 60] [--fit 24] [--full-m 18] [--full-fit 12] [--skip-full]
+        [--engine torch|onnxruntime|onnxruntime-int8]
 
 Settings, each measured on this machine's CPU with 2 threads (``nars.deploy.latency``:
-random weights, fused, channels-last, fixed detections, warm-up, round-robin, median):
+random weights, fused, channels-last, fixed detections, warm-up, round-robin, median), with
+``--engine`` (what ``latency.engine`` selects; the onnxruntime engines' block times come from
+onnxruntime's profile):
 
 - ``quickstart``: ``fbnetv3is_quick`` bound as experiments/quickstart.yaml binds it (128 px,
   30 proposals at most, 10 detections), ``--m`` candidates drawn uniformly within its
@@ -36,6 +39,7 @@ import torch
 from scipy.stats import kendalltau
 
 from nars.config import load_config, set_key
+from nars.deploy import ENGINES
 from nars.deploy.latency import measure_latencies
 from nars.search.experiment import load_experiment
 from predictor.latency import KINDS, TARGET, LatencyPredictor, measure_configs
@@ -65,9 +69,9 @@ def quality(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
 
 
 def evaluate(name: str, cfgs: list[dict[str, Any]], mflops: list[float], size: tuple[int, int], n_fit: int,
-             runs: int) -> dict[str, Any]:
+             runs: int, engine: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    measured = measure_configs(cfgs, threads=THREADS, runs=runs, input_size=size)
+    measured = measure_configs(cfgs, threads=THREADS, runs=runs, input_size=size, engine=engine, progress=True)
     seconds = time.perf_counter() - t0
     y = np.array([m[TARGET] for m in measured])
     mf = np.asarray(mflops)
@@ -75,7 +79,8 @@ def evaluate(name: str, cfgs: list[dict[str, Any]], mflops: list[float], size: t
     scores: dict[str, list[tuple[float, float]]] = {k: [] for k in (*KINDS, "mflops", "repeat")}
     splits = [rng.permutation(len(cfgs)) for _ in range(SPLITS)]
     held_all = sorted({int(i) for idx in splits for i in idx[n_fit:]})
-    again = measure_latencies([cfgs[i] for i in held_all], threads=THREADS, input_size=size, runs=runs, warmup=2)
+    again = measure_latencies([cfgs[i] for i in held_all], engine=engine, threads=THREADS, input_size=size, runs=runs,
+                              warmup=2)
     second = dict(zip(held_all, (r.median_ms for r in again)))
     for idx in splits:
         fit, held = idx[:n_fit], idx[n_fit:]
@@ -101,20 +106,23 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=9, help="timed runs per candidate (quickstart)")
     parser.add_argument("--full-runs", type=int, default=3)
     parser.add_argument("--skip-full", action="store_true")
+    parser.add_argument("--engine", choices=ENGINES, default="torch", help="what is timed (latency.engine)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    print(f"torch {torch.__version__}, {THREADS} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+    print(f"engine {args.engine}, torch {torch.__version__}, {THREADS} threads, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
           f"load before {os.getloadavg()[0]:.2f} (1-min average)")
     start = time.perf_counter()
     exp = load_experiment("quickstart")
     limits = {k: exp["constraints"][k] for k in ("max_mflops", "max_params")}
     cfgs, mflops = setting(exp["space"], exp["base_config"], exp["config"], limits, args.m, seed=0)
-    results = [evaluate("quickstart (fbnetv3is_quick, 128x128)", cfgs, mflops, (128, 128), args.fit, args.runs)]
+    results = [evaluate("quickstart (fbnetv3is_quick, 128x128)", cfgs, mflops, (128, 128), args.fit, args.runs,
+                        args.engine)]
     print(f"quickstart done in {time.perf_counter() - start:.0f} s; load {os.getloadavg()[0]:.2f}", flush=True)
     if not args.skip_full:
         pinned = {"INPUT.MIN_SIZE_TEST": 240, "INPUT.MAX_SIZE_TEST": 320}
         cfgs, mflops = setting("fbnetv3is", None, pinned, {}, args.full_m, seed=0)
-        results.append(evaluate("fbnetv3is, 240x320", cfgs, mflops, (240, 320), args.full_fit, args.full_runs))
+        results.append(evaluate("fbnetv3is, 240x320", cfgs, mflops, (240, 320), args.full_fit, args.full_runs,
+                                args.engine))
     print(f"\nheld-out quality, mean over {SPLITS} random fit / held-out splits (MRE: median relative error)\n")
     columns = (*KINDS, "mflops", "repeat")
     print("| setting | measured | fit / held out | latency ms | MFLOPs | s per candidate | "
