@@ -97,6 +97,10 @@ DEFAULTS: dict[str, Any] = {
         "MAX_TO_KEEP": 3,
     },
     "MODEL_EMA": {"ENABLED": True, "DECAY": 0.9998},
+    # Quantization-aware fine-tuning (nars.model.qat) for an int8 deployment (nars deploy --int8):
+    # from START_ITER the network trains on fake-quantized weights and activations; the activation
+    # ranges stop moving at DISABLE_OBSERVER_ITER (-1: never). d2go's key names.
+    "QUANTIZATION": {"QAT": {"ENABLED": False, "START_ITER": 0, "DISABLE_OBSERVER_ITER": -1}},
     "SEED": -1,
     "OUTPUT_DIR": "./output",
 }

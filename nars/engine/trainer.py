@@ -11,7 +11,9 @@ the optimizer and scheduler steps, the EMA update. Every 20 iterations the avera
 lr and timings go to ``metrics.jsonl`` and TensorBoard; every ``SOLVER.CHECKPOINT_PERIOD`` a
 checkpoint is saved; every ``TEST.EVAL_PERIOD`` (0: only at the end) and at the end, COCO AP
 on ``DATASETS.TEST`` with the EMA weights when ``MODEL_EMA.ENABLED``; the last goes to
-``eval.json``.
+``eval.json``. With ``QUANTIZATION.QAT.ENABLED`` the network trains fake-quantized from
+``START_ITER`` (nars.model.qat; periodic evaluations see it so); checkpoints and the final
+evaluation are of the float weights, which ``nars deploy --int8`` quantizes.
 
 Randomness: ``SEED`` (-1: drawn once and recorded in ``config.yaml`` and the checkpoints)
 initialises the model identically in every process, fixes the data order (see
@@ -52,6 +54,7 @@ from nars.errors import UserError
 from nars.interrupts import check
 from nars.fileio import atomic_write_text, make_dirs
 from nars.model.fbnetv3is import FBNetV3IS, build_model
+from nars.model.qat import QuantizationAwareTraining
 from nars.model.weights import read_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -134,6 +137,8 @@ def prepare(cfg: Mapping[str, Any], out_dir: str | Path, *, resume: bool, world_
         raise UserError(f"SOLVER.CHECKPOINT_PERIOD must be >= 1, got {solver['CHECKPOINT_PERIOD']}")
     if cfg["TEST"]["EVAL_PERIOD"] < 0:
         raise UserError(f"TEST.EVAL_PERIOD must be >= 0 (0: only at the end), got {cfg['TEST']['EVAL_PERIOD']}")
+    if cfg["QUANTIZATION"]["QAT"]["START_ITER"] < 0:
+        raise UserError(f"QUANTIZATION.QAT.START_ITER must be >= 0, got {cfg['QUANTIZATION']['QAT']['START_ITER']}")
     device = comm.device_for(cfg["MODEL"]["DEVICE"])
     checkpointer = Checkpointer(out_dir, solver["MAX_TO_KEEP"])
     last = checkpointer.last() if resume and out_dir.is_dir() else None
@@ -292,9 +297,16 @@ class Trainer:
         window: list[dict[str, float]] = []
         data = iter(loader)
         self.model.train()
+        qat = cfg["QUANTIZATION"]["QAT"]
+        fake_quant = QuantizationAwareTraining() if qat["ENABLED"] else None
         try:
             for it in range(run.start_iter, end):
                 check()  # a signal that landed in a DataLoader worker's fork hooks
+                if fake_quant is not None and it == max(qat["START_ITER"], run.start_iter):
+                    logger.info("iteration %d: quantization-aware training starts", it)
+                    fake_quant.enable(self.module)
+                if fake_quant is not None and it == qat["DISABLE_OBSERVER_ITER"] and it > qat["START_ITER"]:
+                    fake_quant.freeze_observers()
                 window.append(self.step(it, data))
                 bar.update()
                 bar.set_postfix_str(_postfix(window[-1]), refresh=False)
@@ -308,6 +320,8 @@ class Trainer:
         finally:
             bar.close()
             del data
+            if fake_quant is not None:  # what is saved and finally evaluated is the float model
+                fake_quant.remove()
         if end < self.max_iter:
             if run.start_iter < end and end % solver["CHECKPOINT_PERIOD"]:
                 self.save(periodic_name(end - 1), end - 1)
