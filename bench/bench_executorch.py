@@ -230,26 +230,25 @@ class TrunkRPN(nn.Module):
         return feature, logits[0], deltas[0]
 
 
-class BoxHead(nn.Module):
-    """Pooled RoIs [N, C, 6, 6] -> (class logits [N, K+1], box deltas [N, 4(K+1)])."""
+class HeadWithPredictor(nn.Module):
+    """Pooled RoIs -> a RoI head's predictor outputs: the box head's [N, C, 6, 6] -> (class
+    logits [N, K+1], box deltas [N, 4(K+1)]); the mask head's [N, C, 14, 14] -> mask logits
+    [N, K+1, 28, 28] (empty background slot)."""
 
-    def __init__(self, model):
+    def __init__(self, head, predictor):
         super().__init__()
-        self.head, self.predictor = model.roi_heads.box_head, model.roi_heads.box_predictor
+        self.head, self.predictor = head, predictor
 
     def forward(self, x):
         return self.predictor(self.head(x))
 
 
-class MaskHead(nn.Module):
-    """Pooled RoIs [N, C, 14, 14] -> mask logits [N, K+1, 28, 28] (empty background slot)."""
+def box_head(model) -> HeadWithPredictor:
+    return HeadWithPredictor(model.roi_heads.box_head, model.roi_heads.box_predictor)
 
-    def __init__(self, model):
-        super().__init__()
-        self.head, self.predictor = model.roi_heads.mask_head, model.roi_heads.mask_predictor
 
-    def forward(self, x):
-        return self.predictor(self.head(x))
+def mask_head(model) -> HeadWithPredictor:
+    return HeadWithPredictor(model.roi_heads.mask_head, model.roi_heads.mask_predictor)
 
 
 def golden_images() -> list[torch.Tensor]:
@@ -337,7 +336,7 @@ def host_detect(model, trunk, box, mask, image: torch.Tensor) -> dict:
 def export_heads(model, tag: str, rec: dict, max_rois: int, max_dets: int):
     """Box and mask head .pte files with a dynamic RoI count (1..max)."""
     n_box, n_mask = Dim("rois", min=1, max=max_rois), Dim("dets", min=1, max=max_dets)
-    box_mod, mask_mod = BoxHead(model).eval(), MaskHead(model).eval()
+    box_mod, mask_mod = box_head(model).eval(), mask_head(model).eval()
     # Example inputs at the maximum count: with a small example (10 RoIs, max 100) the .pte
     # came out memory-planned for 15 RoIs and failed on more (recorded below).
     xb, xm = torch.randn(max_rois, 112, 6, 6), torch.randn(max_dets, 112, 14, 14)
@@ -356,7 +355,7 @@ def export_heads(model, tag: str, rec: dict, max_rois: int, max_dets: int):
         rec[f"{tag}_mask_subpixel_info"] = res[1]
         out["mask_subpixel"] = (mask_mod, res[0])
     # The same function in d2go's form (pw -> 2x nearest -> dw -> pwl): NARS's public switch.
-    mask_d2go = use_d2go_upsampling(copy.deepcopy(MaskHead(model))).eval()  # a copy: the model stays as is
+    mask_d2go = use_d2go_upsampling(copy.deepcopy(mask_head(model))).eval()  # a copy: the model stays as is
     ep = step(rec, f"{tag}_mask_d2go_export_dynN",
               lambda: torch.export.export(mask_d2go, (xm,), dynamic_shapes=({0: n_mask},)))
     res = step(rec, f"{tag}_mask_d2go_lower", lambda: to_pte(ep, PTE_DIR / f"{tag}_mask_head_d2go_dynN.pte")) if ep else None
@@ -406,7 +405,7 @@ def part_split() -> dict:
 
     heads = export_heads(golden, "golden", rec, max_rois=100, max_dets=100)
     # the planning quirk: the same mask head exported with a 10-RoI example, Dim max 100
-    probe = MaskHead(golden).eval()
+    probe = mask_head(golden).eval()
     ep = torch.export.export(probe, (torch.randn(10, 112, 14, 14),), dynamic_shapes=({0: Dim("dets", min=1, max=100)},))
     path, info = to_pte(ep, PTE_DIR / "golden_mask_head_example10_max100.pte")
     rec["mask_head_example10_max100_planned_input"] = info["planned_input_sizes"]
