@@ -343,17 +343,20 @@ def test_export_then_train_and_eval_the_export(searched, capsys):
 
 
 def test_a_latency_search_stores_predicted_and_measured_latency_and_pareto_shows_them(tmp_path, capsys, monkeypatch):
-    """max_latency_ms and stage2.objective latency: the predictor is fitted on measured
-    candidates (cached per machine, kept in the run), every trial stores its predicted
-    latency, verified ones their measured latency too, and nars pareto shows both."""
+    """max_latency_ms and stage2.objective latency, timed as an int8 deployment runs
+    (latency.engine onnxruntime-int8): the predictor is fitted on measured candidates (cached
+    per machine and engine, kept in the run), every trial stores its predicted latency,
+    verified ones their measured latency too, and nars pareto shows both with the engine."""
     monkeypatch.setenv("NARS_CACHE", str(tmp_path / "cache"))
     limit = 1000.0
-    exp = _experiment(tmp_path, constraints={"max_latency_ms": limit}, latency={"samples": 4, "threads": 1},
+    exp = _experiment(tmp_path, constraints={"max_latency_ms": limit},
+                      latency={"samples": 4, "threads": 1, "engine": "onnxruntime-int8"},
                       **{"stage1.rounds": 1, "stage2.objective": "latency"})
     run = tmp_path / "run"
     assert main(["search", str(exp), "--out", str(run)]) == 0
-    assert len(json.loads((run / "latency.json").read_text())) == 4
-    assert len(list((tmp_path / "cache" / "latency").glob("*.json"))) == 1
+    measured = json.loads((run / "latency.json").read_text())
+    assert len(measured) == 4 and {m["engine"] for m in measured} == {"onnxruntime-int8"}
+    assert [p.name for p in (tmp_path / "cache" / "latency").glob("*.json")][0].count("-onnxruntime-int8-") == 1
     store = RunStore(run / "nars.sqlite")
     trials, front = store.trials(), store.get_meta("stage2_front")
     store.close()
@@ -368,7 +371,8 @@ def test_a_latency_search_stores_predicted_and_measured_latency_and_pareto_shows
     assert rows and all(r["latency_ms"] > 0 and r["measured_latency_ms"] > 0 for r in rows)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["pareto", str(run)]) == 0
-    assert "pred ms" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "pred ms" in printed and "latencies: onnxruntime-int8 (latency.engine)" in printed
 
 
 def test_every_trial_of_a_round_failing_stops_with_the_first_error(tmp_path, capsys):

@@ -106,6 +106,8 @@ def _print_front(run_dir: Path, x: str = "mflops") -> None:
         ms = f"{_ms(r['latency_ms']):>9}{_ms(r['measured_latency_ms']):>9}" if latency else ""
         print(f"{r['id']:<14}{_fmt(r['segm_AP']):>9}{_fmt(r['bbox_AP']):>9}{r['mflops']:>10.1f}{ms}{r['params']:>11,}"
               f"{r['iterations']:>7}  {choices}{tag}")
+    if latency:
+        print(f"latencies: {f['latency_engine']} (latency.engine), this machine's CPU")
     if f["predicted"]:
         print(f"predicted front (stage 2): {len(f['predicted'])} candidates, predicted segm AP "
               f"{min(p['pred_segm_AP'] for p in f['predicted']):.3f}-{max(p['pred_segm_AP'] for p in f['predicted']):.3f}")

@@ -78,6 +78,7 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     try:
         trials = [t for t in store.trials() if t["status"] in ("done", "pruned") and t["metrics"]]
         predicted = store.get_meta("stage2_front") or []
+        experiment = store.get_meta("experiment") or {}
     finally:
         store.close()
     means = seed_means(trials)
@@ -91,7 +92,14 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     tuned = tuned_parent(trials)
     return {"measured": measured, "predicted": predicted, "reference": reference,
             "tuned": _row(tuned, means) if tuned is not None and tuned["stage"] == "recipe" else None,
-            "trials": [_row(t) for t in trials]}
+            "trials": [_row(t) for t in trials],
+            # what latencies were timed with (runs from before latency.engine timed PyTorch)
+            "latency_engine": (experiment.get("latency") or {}).get("engine", "torch")}
+
+
+def axis_label(f: dict[str, Any], x: str) -> str:
+    """The cost axis's label for ``fronts(run_dir, x)``; latency names its engine."""
+    return f"latency (ms, {f['latency_engine']})" if x == "latency" else X_AXES[x]
 
 
 def series(f: dict[str, Any], x: str = "mflops") -> dict[str, Any]:
@@ -112,5 +120,7 @@ def series(f: dict[str, Any], x: str = "mflops") -> dict[str, Any]:
 
 
 def plot(run_dir: Path, path: Path, x: str = "mflops") -> None:
-    s = series(fronts(run_dir, x), x)
-    plot_front(path, s["groups"], s["measured"], s["reference"], f"NARS search: {run_dir.name}", xlabel=X_AXES[x])
+    f = fronts(run_dir, x)
+    s = series(f, x)
+    plot_front(path, s["groups"], s["measured"], s["reference"], f"NARS search: {run_dir.name}",
+               xlabel=axis_label(f, x))

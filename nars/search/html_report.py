@@ -21,7 +21,7 @@ from nars.engine.events import read_metrics
 from nars.errors import UserError
 from nars.fileio import atomic_write_text
 from nars.search.export import pick
-from nars.search.fronts import SHOWN, X_AXES, cost_of, fronts, seed_means, series
+from nars.search.fronts import SHOWN, X_AXES, axis_label, cost_of, fronts, seed_means, series
 from nars.search.halving import MIN_PAIRS as MIN_TAU_POINTS, rung_pairs
 from nars.search.paired import paired_images, per_image
 from nars.search.pareto import plot_front
@@ -81,7 +81,8 @@ def _front_png(run_dir: Path, f: dict[str, Any], x: str) -> bytes:
                                                                  [p["pred_segm_AP"] for p in predicted])
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "front.png"
-        plot_front(path, s["groups"], s["measured"], s["reference"], f"{run_dir.name}: fronts", xlabel=X_AXES[x])
+        plot_front(path, s["groups"], s["measured"], s["reference"], f"{run_dir.name}: fronts",
+                   xlabel=axis_label(f, x))
         return path.read_bytes()
 
 
