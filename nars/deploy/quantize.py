@@ -10,19 +10,21 @@ What is int8: the network, every node of the trunk and of the RPN, box and mask 
 layers with int8 weights per output channel (symmetric), and between them the ReLUs,
 residual additions, squeeze-excitation and the mask head's sub-pixel reshapes on uint8
 activations, each tensor's range calibrated (min-max) on the user's own images. That is
-over 99% of the multiply-adds.
+about 96% of FBNetV3_A_dsmask's multiply-adds at 100 detections (97% at 10).
 
 What stays float, and why:
 
 - **The resize and normalisation.** The resize is already integer arithmetic (PIL's filter,
   bit-exact); the normalised image is quantized at the first convolution's input.
 - **The predictors** (RPN objectness and deltas, class scores, box deltas, mask logits). Their
-  outputs are what top-k, NMS, the score threshold and the mask's 0.5 threshold compare: 8-bit steps there would tie scores
-  and move box edges and mask borders by whole steps. They are under 1% of the multiply-adds.
+  outputs are what top-k, NMS, the score threshold and the mask's 0.5 threshold compare:
+  8-bit steps there would tie scores and move box edges and mask borders by whole steps. The
+  mask logits (one 1x1 conv per class at 28x28) are most of the remaining 3-4%.
 - **Anchors, box decoding, NMS, top-k, RoIAlign and the mask paste.** They work on pixel
   coordinates, which need more than 8 bits (256 levels over a 320-pixel side are 1.25 px per
   step), and resample at sub-pixel positions; onnxruntime's RoiAlign has float kernels only.
-  They are a few percent of the time at 100 detections, more at 10 (BENCHMARKS.md).
+  With the predictors and the graph's shape arithmetic they are about half of the int8
+  graph's time at 10 detections, which bounds int8's speed-up there (BENCHMARKS.md).
 """
 
 from __future__ import annotations
