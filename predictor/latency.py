@@ -30,6 +30,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -206,16 +207,19 @@ def measure_configs(cfgs: Sequence[Mapping[str, Any]], *, threads: int = 2, runs
     ``config_features``."""
     from nars.deploy.latency import block_latencies, measure_latencies
 
-    results = measure_latencies(cfgs, engine=engine, threads=threads, runs=runs, warmup=2, input_size=input_size,
-                                progress=progress)
-    out = []
-    for cfg, result in zip(cfgs, results):
-        row, blocks = config_features(cfg, input_size=input_size)
-        block_ms = block_latencies(cfg, engine=engine, threads=threads, input_size=input_size)
-        if len(block_ms) != len(blocks):  # the builder and the cost model walk the same specs
-            raise RuntimeError(f"the model has {len(block_ms)} blocks, the cost model {len(blocks)}")
-        out.append({**result.to_dict(), "features": row.tolist(), "block_features": blocks.tolist(),
-                    "block_ms": block_ms})
+    onnx = engine != "torch"
+    with tempfile.TemporaryDirectory(prefix="nars-latency-") as graphs:  # each graph exported once
+        results = measure_latencies(cfgs, engine=engine, threads=threads, runs=runs, warmup=2, input_size=input_size,
+                                    graph_dir=graphs if onnx else None, progress=progress)
+        out = []
+        for i, (cfg, result) in enumerate(zip(cfgs, results)):
+            row, blocks = config_features(cfg, input_size=input_size)
+            block_ms = block_latencies(cfg, engine=engine, threads=threads, input_size=input_size,
+                                       graph=f"{graphs}/{i}.onnx" if onnx else None)
+            if len(block_ms) != len(blocks):  # the builder and the cost model walk the same specs
+                raise RuntimeError(f"the model has {len(block_ms)} blocks, the cost model {len(blocks)}")
+            out.append({**result.to_dict(), "features": row.tolist(), "block_features": blocks.tolist(),
+                        "block_ms": block_ms})
     return out
 
 

@@ -19,6 +19,7 @@ Set ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported for stable figures on a
 from __future__ import annotations
 
 import bisect
+import contextlib
 import copy
 import functools
 import json
@@ -139,11 +140,14 @@ def measure_latencies(
     warmup: int = WARMUP,
     runs: int = RUNS,
     weights: str | None = None,
+    graph_dir: str | Path | None = None,
     progress: bool = False,
 ) -> list[LatencyResult]:
     """Each config's latency (see the module docstring), measured together round-robin, with
     ``engine`` (or one engine per config: engines compared side by side). ``input_size`` and
-    ``detections`` default to each config's own; the thread count is restored after."""
+    ``detections`` default to each config's own; the thread count is restored after. The
+    onnxruntime engines' graphs go to ``graph_dir`` as ``<index>.onnx`` when given (kept for
+    ``block_latencies``), else to a temporary folder."""
     engines = [engine] * len(cfgs) if isinstance(engine, str) else list(engine)
     for name in engines:
         if name not in ENGINES:
@@ -159,7 +163,8 @@ def measure_latencies(
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        with tempfile.TemporaryDirectory(prefix="nars-latency-") as workdir:
+        with contextlib.ExitStack() as stack:
+            workdir = graph_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="nars-latency-"))
             runners = [_runner(cfg, name, threads, weights, torch.rand(3, h, w, generator=generator),
                                f"{workdir}/{i}.onnx") for i, (cfg, name, (h, w)) in enumerate(zip(timed, engines, sizes))]
             times: list[list[float]] = [[] for _ in runners]
@@ -191,15 +196,17 @@ def onnx_scope(module_name: str) -> str:
 
 
 def _onnx_block_times(model: torch.nn.Module, names: Sequence[str], engine: str, image: torch.Tensor,
-                      threads: int, runs: int) -> list[list[float]]:
+                      threads: int, runs: int, graph: str | Path | None) -> list[list[float]]:
     """Per block (module ``names``), its nodes' kernel time (ms) in each of ``runs`` graph
-    runs after one warm-up, from onnxruntime's profile: a block is the nodes under its scope,
-    fused and quantization nodes included."""
+    runs after one warm-up, from onnxruntime's profile of ``graph`` (exported from ``model``
+    when None): a block is the nodes under its scope, fused and quantization nodes included."""
     from nars.deploy.onnx import image_array, onnx_session, run_onnx
 
     with tempfile.TemporaryDirectory(prefix="nars-latency-") as tmp:
-        exported_graph(model, engine, image, f"{tmp}/model.onnx")
-        session = onnx_session(f"{tmp}/model.onnx", threads, profile=f"{tmp}/profile")
+        if graph is None:
+            graph = f"{tmp}/model.onnx"
+            exported_graph(model, engine, image, graph)
+        session = onnx_session(graph, threads, profile=f"{tmp}/profile")
         pixels = image_array(image)
         for _ in range(runs + 1):
             run_onnx(session, pixels)
@@ -222,19 +229,20 @@ def _onnx_block_times(model: torch.nn.Module, names: Sequence[str], engine: str,
 
 
 def block_latencies(cfg: Mapping[str, Any], *, engine: str = "torch", threads: int = 2, runs: int = 3,
-                    input_size: tuple[int, int] | None = None) -> list[float]:
+                    input_size: tuple[int, int] | None = None, graph: str | Path | None = None) -> list[float]:
     """Median in-context time (ms) of each block (stem and inverted residuals of trunk, RPN
     and heads, in the model's order, as ``ModelCost.blocks`` lists them) over ``runs``
     inferences after one warm-up: what a per-block (nn-Meter style) latency model is fitted
     on. PyTorch's from forward hooks, onnxruntime's from its profile (the exported graph,
-    int8 for ``onnxruntime-int8``). Both cost microseconds per block, so whole-model figures
-    come from ``measure_latencies``, not from here."""
+    int8 for ``onnxruntime-int8``; ``graph``: that graph as ``measure_latencies`` exported it,
+    else it is exported here). Both cost microseconds per block, so whole-model figures come
+    from ``measure_latencies``, not from here."""
     size = tuple(input_size) if input_size else test_input_size(cfg)
     model = inference_model(latency_config(cfg, size))
     named = [(name, m) for name, m in model.named_modules() if name.rsplit(".", 1)[-1].startswith("fbnetv2_")]
     image = torch.rand(3, *size, generator=torch.Generator().manual_seed(0))
     if engine != "torch":
-        times = _onnx_block_times(model, [name for name, _ in named], engine, image, threads, runs)
+        times = _onnx_block_times(model, [name for name, _ in named], engine, image, threads, runs, graph)
         return [float(np.median(t)) for t in times]
     times = [[] for _ in named]
     starts = [0.0] * len(named)

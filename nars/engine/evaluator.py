@@ -20,10 +20,10 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import copy
 import io
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
