@@ -340,28 +340,20 @@ def export_heads(model, tag: str, rec: dict, max_rois: int, max_dets: int):
     # Example inputs at the maximum count: with a small example (10 RoIs, max 100) the .pte
     # came out memory-planned for 15 RoIs and failed on more (recorded below).
     xb, xm = torch.randn(max_rois, 112, 6, 6), torch.randn(max_dets, 112, 14, 14)
+    # the mask head as NARS runs it (sub-pixel upsampling: the 2x nearest + depthwise conv computed
+    # as four convs whose kernels are computed from the weight inside the graph), and the same
+    # function in d2go's form (pw -> 2x nearest -> dw -> pwl: NARS's public switch, on a copy)
+    mask_d2go = use_d2go_upsampling(copy.deepcopy(mask_head(model))).eval()
+    parts = (("box", "box_head", box_mod, xb, n_box), ("mask_subpixel", "mask_head_subpixel", mask_mod, xm, n_mask),
+             ("mask_d2go", "mask_head_d2go", mask_d2go, xm, n_mask))
     out = {}
-    ep = step(rec, f"{tag}_box_export_dynN", lambda: torch.export.export(box_mod, (xb,), dynamic_shapes=({0: n_box},)))
-    res = step(rec, f"{tag}_box_lower", lambda: to_pte(ep, PTE_DIR / f"{tag}_box_head_dynN.pte")) if ep else None
-    if res:
-        rec[f"{tag}_box_info"] = res[1]
-        out["box"] = (box_mod, res[0])
-    # The mask head as NARS runs it (sub-pixel upsampling: the 2x nearest + depthwise conv
-    # computed as four convs whose kernels are computed from the weight inside the graph).
-    ep = step(rec, f"{tag}_mask_subpixel_export_dynN",
-              lambda: torch.export.export(mask_mod, (xm,), dynamic_shapes=({0: n_mask},)))
-    res = step(rec, f"{tag}_mask_subpixel_lower", lambda: to_pte(ep, PTE_DIR / f"{tag}_mask_head_subpixel_dynN.pte")) if ep else None
-    if res:
-        rec[f"{tag}_mask_subpixel_info"] = res[1]
-        out["mask_subpixel"] = (mask_mod, res[0])
-    # The same function in d2go's form (pw -> 2x nearest -> dw -> pwl): NARS's public switch.
-    mask_d2go = use_d2go_upsampling(copy.deepcopy(mask_head(model))).eval()  # a copy: the model stays as is
-    ep = step(rec, f"{tag}_mask_d2go_export_dynN",
-              lambda: torch.export.export(mask_d2go, (xm,), dynamic_shapes=({0: n_mask},)))
-    res = step(rec, f"{tag}_mask_d2go_lower", lambda: to_pte(ep, PTE_DIR / f"{tag}_mask_head_d2go_dynN.pte")) if ep else None
-    if res:
-        rec[f"{tag}_mask_d2go_info"] = res[1]
-        out["mask_d2go"] = (mask_d2go, res[0])
+    for key, file_name, module, example, dim in parts:  # step() calls each lambda at once
+        ep = step(rec, f"{tag}_{key}_export_dynN",
+                  lambda: torch.export.export(module, (example,), dynamic_shapes=({0: dim},)))
+        res = step(rec, f"{tag}_{key}_lower", lambda: to_pte(ep, PTE_DIR / f"{tag}_{file_name}_dynN.pte")) if ep else None
+        if res:
+            rec[f"{tag}_{key}_info"] = res[1]
+            out[key] = (module, res[0])
     return out
 
 
