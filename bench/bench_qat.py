@@ -29,14 +29,10 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_int8 import evaluate_graph  # noqa: E402
+from bench_int8 import deploy_and_evaluate  # noqa: E402
 from bench_search import printed_difference  # noqa: E402
 
 from nars.config import load_config, set_key  # noqa: E402
-from nars.data.coco import dataset_from_config  # noqa: E402
-from nars.deploy.onnx import export_onnx  # noqa: E402
-from nars.deploy.quantize import CALIBRATION_COUNT, calibration_images, quantize_graph  # noqa: E402
-from nars.engine.inference import load_predictor  # noqa: E402
 from nars.engine.trainer import train  # noqa: E402
 from nars.search.paired import paired_images  # noqa: E402
 
@@ -58,19 +54,6 @@ def fine_tune(run: Path, arm: str, iters: int, lr_scale: float, out: Path) -> di
     return load_config(out / "config.yaml")
 
 
-def deployed_aps(cfg: dict[str, Any], weights: Path, folder: Path) -> dict[str, Any]:
-    """fp32 and int8 graphs of ``weights``: metrics and per-image segm AP of each."""
-    model, _ = load_predictor(cfg, str(weights))
-    export_onnx(model, folder / "fp32.onnx")
-    sources = [Path(p) for p in dataset_from_config(cfg, "TRAIN", train=False).image_paths()]
-    quantize_graph(folder / "fp32.onnx", folder / "int8.onnx", calibration_images(sources, CALIBRATION_COUNT))
-    out = {}
-    for precision in ("fp32", "int8"):
-        metrics, per_image, _ = evaluate_graph(cfg, folder / f"{precision}.onnx")
-        out[precision] = {"metrics": metrics, "per_image": per_image}
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", metavar="NAME=RUN_DIR")
@@ -89,7 +72,7 @@ def main() -> None:
         for arm in ARMS:
             folder = args.work / name / arm
             cfg = fine_tune(Path(run), arm, args.iters, args.lr_scale, folder)
-            row[arm] = deployed_aps(cfg, folder / "model_final.pth", folder)
+            row[arm] = deploy_and_evaluate(cfg, str(folder / "model_final.pth"), folder)
         segm = {arm: {p: row[arm][p]["metrics"]["segm"]["AP"] for p in ("fp32", "int8")} for arm in ARMS}
         row["qat_minus_plain_int8"] = paired_images(row["qat"]["int8"]["per_image"], row["plain"]["int8"]["per_image"])
         rows.append(row)
@@ -114,6 +97,7 @@ def main() -> None:
         for arm in ARMS:
             for p in ("fp32", "int8"):
                 r[arm][p].pop("per_image")
+                r[arm][p].pop("images_per_s")
     result = {"commit": commit.strip(), "iters": args.iters, "lr_scale": args.lr_scale, "rows": rows,
               "over_models": summary, "seconds": time.perf_counter() - start}
     (args.out / "results.json").write_text(json.dumps(result, indent=1) + "\n")

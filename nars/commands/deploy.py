@@ -39,17 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_deploy)
 
 
-def _calibration_sources(cfg: dict[str, Any], given: list[str] | None) -> list[Path]:
-    """The images named by ``--calibration``, else DATASETS.TRAIN's."""
-    if given:
-        return find_images(given)
-    try:
-        return [Path(p) for p in dataset_from_config(cfg, "TRAIN", train=False).image_paths()]
-    except UserError as e:
-        raise UserError(f"--int8 calibrates on DATASETS.TRAIN's images, which cannot be read ({e}); "
-                        "pass --calibration IMAGE_OR_FOLDER") from None
-
-
 def _compare_ap(cfg: dict[str, Any], int8_path: Path, fp32_path: Path) -> None:
     """Print the fp32 and int8 graphs' COCO AP on DATASETS.TEST and their difference."""
     from nars.engine.evaluator import evaluate_onnx
@@ -83,10 +72,11 @@ def run_deploy(args: argparse.Namespace) -> int:
               f"labels, masks)")
         print(parity.summary())
         return 0
-    from nars.deploy.quantize import CALIBRATION_COUNT, calibration_images, check_count, quantize_graph
+    from nars.deploy.quantize import CALIBRATION_COUNT, calibration_images, check_count, quantize_graph, training_images
 
     count = check_count(CALIBRATION_COUNT if args.calibration_count is None else args.calibration_count)
-    images = calibration_images(_calibration_sources(cfg, args.calibration), count)
+    sources = find_images(args.calibration) if args.calibration else training_images(cfg)
+    images = calibration_images(sources, count)
     evaluate = not args.no_eval and bool(cfg["DATASETS"]["TEST"]["JSON"])
     if evaluate:
         dataset_from_config(cfg, "TEST", train=False)  # a bad test set is refused before the work, not after

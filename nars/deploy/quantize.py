@@ -34,7 +34,7 @@ from collections import Counter
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -42,6 +42,7 @@ from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, Q
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
+from nars.data.coco import dataset_from_config
 from nars.data.images import UnreadableImage, read_rgb
 from nars.deploy.onnx import INPUT_NAME, PRECISION_KEY, read_metadata, with_metadata
 from nars.errors import UserError
@@ -76,6 +77,15 @@ def check_count(count: int) -> int:
     if count < 1:
         raise UserError(f"--calibration-count must be >= 1, got {count}")
     return count
+
+
+def training_images(cfg: Mapping[str, Any]) -> list[Path]:
+    """DATASETS.TRAIN's image files: the calibration set when none is given."""
+    try:
+        return [Path(p) for p in dataset_from_config(cfg, "TRAIN", train=False).image_paths()]
+    except UserError as e:
+        raise UserError(f"--int8 calibrates on DATASETS.TRAIN's images, which cannot be read ({e}); "
+                        "pass --calibration IMAGE_OR_FOLDER") from None
 
 
 def calibration_images(sources: Sequence[Path], count: int, seed: int = 0) -> list[Path]:

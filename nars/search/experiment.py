@@ -185,6 +185,11 @@ def load_experiment(name_or_path: str | Path | None = None, overrides: Sequence[
     return exp
 
 
+def latency_engine(exp: Mapping[str, Any] | None) -> str:
+    """What a run's latencies were timed with; runs from before ``latency.engine`` timed PyTorch."""
+    return ((exp or {}).get("latency") or {}).get("engine", "torch")
+
+
 def uses_latency(exp: Mapping[str, Any]) -> bool:
     """Whether the search needs the latency predictor (a latency limit or objective)."""
     return exp["constraints"]["max_latency_ms"] is not None or exp["stage2"]["objective"] == "latency"

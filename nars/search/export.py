@@ -18,6 +18,7 @@ from nars.config import dump, load_config
 from nars.errors import UserError
 from nars.fileio import atomic_write_text, make_dirs, staged_folder
 from nars.model.weights import FINAL_WEIGHTS
+from nars.search.experiment import latency_engine
 from nars.search.fronts import fronts, seed_means
 from nars.search.pareto import pareto_mask
 from nars.search.store import STORE_FILE, open_run
@@ -102,8 +103,7 @@ def export_family(run_dir: Path, out: Path) -> list[dict[str, Any]]:
                         trial["stage"], trial["mflops"])
             folder = make_dirs(staging / trial["candidate_id"], "the family export")
             summaries.append(_write_member(run_dir, trial, experiment, folder, out / trial["candidate_id"], onnx=True))
-        # the engine the search traded AP against; runs from before latency.engine timed PyTorch
-        engine = ((experiment or {}).get("latency") or {}).get("engine", "torch")
+        engine = latency_engine(experiment)  # the engine the search traded AP against
         logger.info("measuring the latency of the %d members together (%s, %d threads) ...", len(members), engine,
                     FAMILY_THREADS)
         latencies = measure_latencies([load_config(staging / s["id"] / "config.yaml") for s in summaries],

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from nars.search.experiment import latency_engine
 from nars.search.pareto import pareto_mask, plot_front
 from nars.search.store import open_run
 from nars.errors import UserError
@@ -78,7 +79,7 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     try:
         trials = [t for t in store.trials() if t["status"] in ("done", "pruned") and t["metrics"]]
         predicted = store.get_meta("stage2_front") or []
-        experiment = store.get_meta("experiment") or {}
+        experiment = store.get_meta("experiment")
     finally:
         store.close()
     means = seed_means(trials)
@@ -92,9 +93,7 @@ def fronts(run_dir: Path, x: str = "mflops") -> dict[str, Any]:
     tuned = tuned_parent(trials)
     return {"measured": measured, "predicted": predicted, "reference": reference,
             "tuned": _row(tuned, means) if tuned is not None and tuned["stage"] == "recipe" else None,
-            "trials": [_row(t) for t in trials],
-            # what latencies were timed with (runs from before latency.engine timed PyTorch)
-            "latency_engine": (experiment.get("latency") or {}).get("engine", "torch")}
+            "trials": [_row(t) for t in trials], "latency_engine": latency_engine(experiment)}
 
 
 def axis_label(f: dict[str, Any], x: str) -> str:
